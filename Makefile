@@ -1,0 +1,31 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup run test test-slow lint
+
+# One-time set-up: a virtual environment with the package and its test extras.
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[test]"
+	touch $@
+
+# The main job: build every CoAtNet variant and print its size.
+run: setup
+	$(PY) examples/variants.py
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+# The test suite: lint, every test on TensorFlow, the layer and cache tests on JAX.
+test: lint
+	$(PY) -m pytest -q
+	KERAS_BACKEND=jax $(PY) -m pytest -q tests/test_layers.py tests/test_bias_cache.py \
+		tests/test_model.py -k "not parameter_count and not macs and not 384 and not 224"
+
+# CoAtNet-6/7 builds (billions of parameters, ~2 min, 6 GiB).
+test-slow: setup
+	$(PY) -m pytest -q -m slow

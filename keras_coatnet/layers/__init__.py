@@ -1,0 +1,17 @@
+"""CoAtNet layers. Importing this package registers every layer for loading."""
+
+from keras_coatnet.layers.attention import RelativeAttention, relative_position_index
+from keras_coatnet.layers.drop_path import DropPath
+from keras_coatnet.layers.mbconv import MBConvBlock, SqueezeExcite
+from keras_coatnet.layers.stem import Stem
+from keras_coatnet.layers.transformer import TransformerBlock
+
+__all__ = [
+    "DropPath",
+    "MBConvBlock",
+    "RelativeAttention",
+    "SqueezeExcite",
+    "Stem",
+    "TransformerBlock",
+    "relative_position_index",
+]

@@ -1,0 +1,189 @@
+"""Multi-head self-attention with a learned relative position bias."""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def relative_position_index(height, width):
+    """Index into a `(2H-1)(2W-1)` table for every (query, key) pair.
+
+    Returns an int32 array of shape `(H*W, H*W)` whose entry `[i, j]` is
+    `(h_i - h_j + H - 1) * (2W - 1) + (w_i - w_j + W - 1)`: the flat position
+    of the offset `i - j` in a row-major `(2H-1, 2W-1)` table (timm's and
+    Swin's layout).
+    """
+    hh, ww = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    coords = np.stack([hh.ravel(), ww.ravel()])  # (2, N)
+    rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N)
+    return ((rel[0] + height - 1) * (2 * width - 1) + rel[1] + width - 1).astype("int32")
+
+
+@keras.saving.register_keras_serializable(package="keras_coatnet")
+class RelativeAttention(keras.layers.Layer):
+    """Self-attention over an NHWC map with a pre-softmax relative bias.
+
+    `y_i = sum_j softmax_j(q_i . k_j / sqrt(d) + w[i - j]) v_j`, paper eq. (3).
+    The table `w` holds one learned scalar per head and relative offset,
+    `(2H-1)(2W-1)` rows by `heads` columns; gathering it with a fixed index
+    gives the `(heads, HW, HW)` bias.
+
+    The bias depends only on the table, so at inference it is computed once
+    and cached in a non-saved variable together with a copy of the table it
+    was computed from. Each inference call compares the live table with that
+    copy (O(table) work, against O(heads * (HW)^2) for the gather) and
+    gathers again only when they differ, so loading weights, assigning the
+    table, or training can never leave a stale cache. Training always reads
+    the live table, so gradients flow to it.
+
+    The logits, bias and softmax are computed in float32 under mixed
+    precision.
+
+    Args:
+        filters: Output channels; also the width of q, k and v.
+        head_size: Channels per head. Defaults to `32`.
+        cache_bias: Cache the gathered bias for inference. `False` gathers on
+            every call and saves `heads * (HW)^2` floats of memory.
+            Defaults to `True`.
+
+    Call arguments:
+        inputs: NHWC map `(B, H, W, C)` with static `H` and `W`.
+        training: Python bool; `True` bypasses the cache.
+    """
+
+    def __init__(self, filters, head_size=32, cache_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        if filters % head_size:
+            raise ValueError(f"filters={filters} must be a multiple of head_size={head_size}")
+        self.filters = filters
+        self.head_size = head_size
+        self.cache_bias = cache_bias
+        self.num_heads = filters // head_size
+        dt = self.dtype_policy
+        # q, k, v in one projection, head-major: channel = head*3*d + {q,k,v}*d + i
+        self.qkv = keras.layers.Dense(3 * filters, name="qkv", dtype=dt)
+        self.proj = keras.layers.Dense(filters, name="proj", dtype=dt)
+
+    def build(self, input_shape):
+        _, height, width, _ = input_shape
+        if height is None or width is None:
+            raise ValueError(
+                "RelativeAttention needs static height and width, "
+                f"received input shape {input_shape}"
+            )
+        self.height, self.width = int(height), int(width)
+        self.qkv.build(input_shape)
+        self.proj.build(input_shape[:-1] + (self.filters,))
+        table_rows = (2 * self.height - 1) * (2 * self.width - 1)
+        self.relative_table = self.add_weight(
+            shape=(table_rows, self.num_heads),
+            initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            name="relative_table",
+            autocast=False,
+        )
+        self.index = relative_position_index(self.height, self.width)
+        if self.cache_bias:
+            tokens = self.height * self.width
+            # Not part of the weight format: see save_own_variables.
+            self.bias_cache = self.add_weight(
+                shape=(self.num_heads, tokens, tokens),
+                initializer="zeros",
+                trainable=False,
+                autocast=False,
+                name="bias_cache",
+                aggregation="only_first_replica",
+            )
+            # NaN never compares equal, so the first inference call fills the cache.
+            self.cached_table = self.add_weight(
+                shape=(table_rows, self.num_heads),
+                initializer=keras.initializers.Constant(float("nan")),
+                trainable=False,
+                autocast=False,
+                name="cached_table",
+                aggregation="only_first_replica",
+            )
+
+    def relative_bias(self, table=None):
+        """Gather the `(heads, HW, HW)` float32 bias from the table."""
+        table = self.relative_table if table is None else table
+        tokens = self.height * self.width
+        bias = ops.take(table, self.index.reshape(-1), axis=0)  # (N*N, heads)
+        bias = ops.reshape(bias, (tokens, tokens, self.num_heads))
+        return ops.transpose(bias, (2, 0, 1))
+
+    def _inference_bias(self):
+        table = ops.convert_to_tensor(self.relative_table)
+        fresh = ops.all(ops.equal(table, self.cached_table))
+        if keras.backend.backend() == "tensorflow":
+            # tf.cond runs one branch: no gather while the cache is fresh.
+            def refresh():
+                bias = self.relative_bias(table)
+                self.bias_cache.assign(bias)
+                self.cached_table.assign(table)
+                return bias
+
+            return ops.cond(fresh, lambda: ops.convert_to_tensor(self.bias_cache), refresh)
+        # Backends whose traced branches cannot update state (JAX) select in
+        # the branch and store outside it.
+        bias = ops.cond(
+            fresh,
+            lambda: ops.convert_to_tensor(self.bias_cache),
+            lambda: self.relative_bias(table),
+        )
+        self.bias_cache.assign(bias)
+        # A copy: JAX donates variable buffers, and two variables must not share one.
+        self.cached_table.assign(ops.copy(table))
+        return bias
+
+    def call(self, inputs, training=None):
+        batch = ops.shape(inputs)[0]
+        tokens = self.height * self.width
+        heads, dim = self.num_heads, self.head_size
+        qkv = ops.reshape(self.qkv(inputs), (batch, tokens, heads, 3, dim))
+        qkv = ops.transpose(qkv, (3, 0, 2, 1, 4))  # (3, B, heads, N, d)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        q = q * ops.cast(1.0 / math.sqrt(dim), q.dtype)
+        # (B, heads, N, N), in float32 for the softmax
+        logits = ops.cast(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))), "float32")
+        if self.cache_bias and not training:
+            bias = self._inference_bias()
+        else:
+            bias = self.relative_bias()
+        attn = ops.softmax(logits + bias, axis=-1)
+        out = ops.matmul(ops.cast(attn, v.dtype), v)  # (B, heads, N, d)
+        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, self.height, self.width, -1))
+        return self.proj(out)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[:-1] + (self.filters,)
+
+    def compute_output_spec(self, inputs, training=None):
+        # Building a functional model must not trace the cache update.
+        return keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype=self.compute_dtype)
+
+    def save_own_variables(self, store):
+        # Only the table is saved; the cache is derived state.
+        store["0"] = self.relative_table
+
+    def load_own_variables(self, store):
+        if list(store.keys()) != ["0"]:
+            raise ValueError(
+                f"Layer {self.name!r} expects 1 saved variable (relative_table), "
+                f"found {len(store.keys())}"
+            )
+        self.relative_table.assign(store["0"])
+        if self.cache_bias:
+            self.cached_table.assign(ops.full(self.cached_table.shape, float("nan")))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "head_size": self.head_size,
+                "cache_bias": self.cache_bias,
+            }
+        )
+        return config

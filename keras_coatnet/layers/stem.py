@@ -1,0 +1,84 @@
+"""The convolution stem (S0)."""
+
+import keras
+
+from keras_coatnet.layers._common import gelu, pad_symmetric
+
+
+@keras.saving.register_keras_serializable(package="keras_coatnet")
+class Stem(keras.layers.Layer):
+    """S0: conv 3x3 stride 2 -> BatchNorm -> GELU -> conv 3x3.
+
+    The second convolution has no norm: the first MBConv block's pre-norm
+    follows it, as in the paper and timm.
+
+    Args:
+        filters: Output channels of both convolutions.
+        bn_epsilon: BatchNorm epsilon. Defaults to `1e-5`.
+        bn_momentum: BatchNorm momentum (Keras convention). Defaults to `0.9`.
+        approximate_gelu: Use the tanh GELU. Defaults to `False`.
+        padding: `"symmetric"` (PyTorch) or `"same"` (TF) for the stride-2
+            convolution. Defaults to `"symmetric"`.
+
+    Call arguments:
+        inputs: NHWC images, already normalized.
+        training: Python bool, for BatchNorm.
+    """
+
+    def __init__(
+        self,
+        filters,
+        bn_epsilon=1e-5,
+        bn_momentum=0.9,
+        approximate_gelu=False,
+        padding="symmetric",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.bn_epsilon = bn_epsilon
+        self.bn_momentum = bn_momentum
+        self.approximate_gelu = approximate_gelu
+        self.padding = padding
+        dt = self.dtype_policy
+        pad1 = "valid" if padding == "symmetric" else "same"
+        self.conv1 = keras.layers.Conv2D(
+            filters, 3, strides=2, padding=pad1, use_bias=False, name="conv1", dtype=dt
+        )
+        self.norm1 = keras.layers.BatchNormalization(
+            epsilon=bn_epsilon, momentum=bn_momentum, name="norm1", dtype=dt
+        )
+        self.conv2 = keras.layers.Conv2D(
+            filters, 3, padding="same", use_bias=False, name="conv2", dtype=dt
+        )
+
+    def build(self, input_shape):
+        batch, height, width, channels = input_shape
+        pad = 2 if self.padding == "symmetric" else 0
+        self.conv1.build((batch, height + pad, width + pad, channels))
+        mid = (batch, height // 2, width // 2, self.filters)
+        self.norm1.build(mid)
+        self.conv2.build(mid)
+
+    def call(self, inputs, training=None):
+        x = pad_symmetric(inputs) if self.padding == "symmetric" else inputs
+        x = self.conv1(x)
+        x = gelu(self.norm1(x, training=training), self.approximate_gelu)
+        return self.conv2(x)
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, _ = input_shape
+        return (batch, height // 2, width // 2, self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "bn_epsilon": self.bn_epsilon,
+                "bn_momentum": self.bn_momentum,
+                "approximate_gelu": self.approximate_gelu,
+                "padding": self.padding,
+            }
+        )
+        return config

@@ -1,0 +1,134 @@
+"""Loading `.weights.h5` files: check the whole structure first, then load.
+
+Keras 3 addresses a `.weights.h5` file by layer class, order and sublayer
+attribute names, and it loads layer by layer: a file that does not fit can
+leave a model half-loaded, and a file with extra layers loads silently. Here
+the file's variables are compared with the ones the model would save before
+anything is assigned, and the first mismatch is named.
+"""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+from keras.src.saving import saving_lib
+
+HEAD_LAYER = "predictions"
+
+
+class _ShapeRecorder(saving_lib.H5IOStore):
+    """A weights store that records what a model would save, without data."""
+
+    def __init__(self):  # the parent would open a file
+        self.mode = "w"
+        self.records: dict[str, tuple[str, dict[str, tuple]]] = {}
+        self.names: dict[str, str] = {}
+        self._path = None
+
+    def __bool__(self):
+        return True
+
+    def make(self, path, metadata=None):
+        # Name a layer by its ancestors' names too: "stage3_block0/attn".
+        self.names[path] = (metadata or {}).get("name", "")
+        parts = path.strip("/").split("/")
+        prefixes = ("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+        names = [self.names.get(p) or self.names.get("/" + p) for p in prefixes]
+        self._path = path
+        self.records[path] = ("/".join(n for n in names if n), {})
+        return self
+
+    def __setitem__(self, key, value):
+        self.records[self._path][1][key] = tuple(value.shape)
+
+    def close(self):
+        pass
+
+
+def _normalize(path: str) -> str:
+    return path.strip("/")
+
+
+def model_structure(model) -> dict[str, tuple[str, dict[str, tuple]]]:
+    """`{path: (layer name, {index: shape})}` for every variable the model saves."""
+    recorder = _ShapeRecorder()
+    saving_lib._save_state(
+        model, weights_store=recorder, assets_store=None, inner_path="", visited_saveables=set()
+    )
+    return {_normalize(p): rec for p, rec in recorder.records.items() if rec[1]}
+
+
+def file_structure(path: str) -> dict[str, tuple[str, dict[str, tuple]]]:
+    """The same map read from a `.weights.h5` file."""
+    out = {}
+    with h5py.File(path, "r") as f:
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Group) and name.split("/")[-1] == "vars" and len(obj):
+                parent = _normalize(name[: -len("vars")])
+                layer = obj.attrs.get("name", "")
+                out[parent] = (str(layer), {k: tuple(obj[k].shape) for k in obj})
+
+        f.visititems(visit)
+    return out
+
+
+def _describe(path, record):
+    name, shapes = record
+    return f"{name or path!r} (at {path!r}: {dict(sorted(shapes.items()))})"
+
+
+def check_path(path) -> str:
+    """Raise a `ValueError` unless `path` names an existing `.weights.h5` file."""
+    path = os.fspath(path)
+    if not path.endswith(".weights.h5"):
+        raise ValueError(
+            f"weights must be None or a path to a '.weights.h5' file, received: {path!r}"
+        )
+    if not os.path.isfile(path):
+        raise ValueError(f"weights file not found: {path!r}")
+    return path
+
+
+def check_weights_file(model, path) -> None:
+    """Raise a `ValueError` naming the first variable where file and model differ."""
+    path = check_path(path)
+    try:
+        stored = file_structure(path)
+    except OSError as e:
+        raise ValueError(f"weights file {path!r} is not a readable HDF5 file: {e}") from None
+    expected = model_structure(model)
+    for key, record in expected.items():
+        if key not in stored:
+            raise ValueError(
+                f"weights file {path!r} does not fit model {model.name!r}: it has no "
+                f"variables for layer {_describe(key, record)}"
+            )
+        if stored[key][1] != record[1]:
+            raise ValueError(
+                f"weights file {path!r} does not fit model {model.name!r}: layer "
+                f"{record[0]!r} expects shapes {record[1]}, the file holds {stored[key][1]}"
+            )
+    # Optimizer and metric state of a compiled model is not the model's to check.
+    extra = [k for k in stored if k not in expected and k.split("/")[0] == "layers"]
+    if extra:
+        raise ValueError(
+            f"weights file {path!r} does not fit model {model.name!r}: the file has "
+            f"{len(extra)} variable group(s) the model lacks, "
+            f"first {_describe(extra[0], stored[extra[0]])}"
+        )
+
+
+def head_classes(path) -> int | None:
+    """Number of classes of the file's classifier head, or `None` without one."""
+    for record in file_structure(check_path(path)).values():
+        if record[0] == HEAD_LAYER and "0" in record[1]:
+            return record[1]["0"][-1]
+    return None
+
+
+def load_weights(model, path) -> None:
+    """Load a `.weights.h5` file into `model` after checking that it fits whole."""
+    check_weights_file(model, path)
+    model.load_weights(path)

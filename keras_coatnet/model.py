@@ -1,0 +1,337 @@
+"""The CoAtNet builder and the CoAtNet-0..7 factories."""
+
+from __future__ import annotations
+
+import keras
+
+from keras_coatnet import loading
+from keras_coatnet.configs import CoAtNetConfig, get_config
+from keras_coatnet.layers import MBConvBlock, Stem, TransformerBlock
+
+POOLINGS = (None, "avg", "max")
+
+
+def _input_shape(config, input_shape, input_tensor, include_preprocessing):
+    """Resolve and check the (H, W, C) input shape."""
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "CoAtNet supports only channels_last; keras.config.image_data_format() "
+            f"is {keras.config.image_data_format()!r}"
+        )
+    if input_shape is None and input_tensor is not None:
+        input_shape = tuple(input_tensor.shape[1:])
+    if input_shape is None:
+        input_shape = (config.default_size, config.default_size, 3)
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be (height, width, channels), received: {input_shape}")
+    height, width, channels = input_shape
+    if channels is None:
+        raise ValueError(f"input_shape needs a static channel count, received: {input_shape}")
+    if height in (1, 3) and width is not None and width > 3 and channels > 3:
+        raise ValueError(
+            f"input_shape {input_shape} looks channels_first; CoAtNet expects "
+            "channels_last (height, width, channels)"
+        )
+    step = config.reduction
+    for side, value in (("height", height), ("width", width)):
+        if value is None or not isinstance(value, int) or value < step or value % step:
+            raise ValueError(
+                f"input {side} must be a static multiple of {step} (at least {step}), "
+                f"received: {value!r} in input_shape {input_shape}; the relative "
+                "attention tables are sized from it"
+            )
+    if include_preprocessing and channels != 3:
+        raise ValueError(f"include_preprocessing=True needs 3 input channels, received: {channels}")
+    return input_shape
+
+
+def _check_args(include_top, weights, pooling, classes):
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, received: {pooling!r}")
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        raise ValueError(f"classes must be a positive int, received: {classes!r}")
+    if weights is not None:
+        loading.check_path(weights)
+        file_classes = loading.head_classes(weights)
+        if include_top and file_classes is None:
+            raise ValueError(
+                f"weights file {weights!r} has no classifier head; use include_top=False with it"
+            )
+        if include_top and file_classes != classes:
+            raise ValueError(
+                f"classes={classes} does not fit the weights file {weights!r}, whose "
+                f"head has {file_classes} classes; pass classes={file_classes}, or "
+                "include_top=False and add your own head"
+            )
+
+
+def _stem_and_stages(x, config, drop_path_rate, cache_bias):
+    """S0..S4; returns the output and the per-stage feature maps."""
+    x = Stem(
+        config.stem_dim,
+        bn_epsilon=config.bn_epsilon,
+        bn_momentum=config.bn_momentum,
+        approximate_gelu=config.approximate_gelu,
+        padding=config.padding,
+        name="stem",
+    )(x)
+    features = {"stem": x}
+    total = sum(stage.depth for stage in config.stages)
+    index, channels = 0, config.stem_dim
+    for s, stage in enumerate(config.stages, start=1):
+        for b in range(stage.depth):
+            # Rate grows linearly with depth, from 0 to drop_path_rate (timm's linspace).
+            rate = drop_path_rate * index / max(total - 1, 1)
+            common = dict(
+                strides=stage.stride if b == 0 else 1,
+                expand_ratio=config.expand_ratio,
+                drop_path_rate=rate,
+                approximate_gelu=config.approximate_gelu,
+                pool_type=config.pool_type,
+                name=f"stage{s}_block{b}",
+            )
+            if stage.block_type == "mbconv":
+                block = MBConvBlock(
+                    channels,
+                    stage.dim,
+                    se_ratio=config.se_ratio,
+                    bn_epsilon=config.bn_epsilon,
+                    bn_momentum=config.bn_momentum,
+                    padding=config.padding,
+                    **common,
+                )
+            else:
+                block = TransformerBlock(
+                    channels,
+                    stage.dim,
+                    head_size=config.head_size,
+                    ln_epsilon=config.ln_epsilon,
+                    cache_bias=cache_bias,
+                    **common,
+                )
+            x = block(x)
+            channels, index = stage.dim, index + 1
+        features[f"stage{s}"] = x
+    return x, features
+
+
+def _head(x, config, include_top, pooling, classes, classifier_activation):
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+        x = keras.layers.LayerNormalization(epsilon=config.ln_epsilon, name="head_norm")(x)
+        if config.head_hidden_size:
+            x = keras.layers.Dense(
+                config.head_hidden_size, activation="tanh", name="head_pre_logits"
+            )(x)
+        return keras.layers.Dense(
+            classes, activation=classifier_activation, name=loading.HEAD_LAYER
+        )(x)
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return x
+
+
+def CoAtNet(
+    config: CoAtNetConfig,
+    include_top: bool = True,
+    weights: str | None = None,
+    input_tensor=None,
+    input_shape=None,
+    pooling: str | None = None,
+    classes: int = 1000,
+    classifier_activation="softmax",
+    include_preprocessing: bool = True,
+    drop_path_rate: float = 0.0,
+    cache_bias: bool = True,
+    name: str | None = None,
+) -> keras.Model:
+    """Build a CoAtNet from a `CoAtNetConfig`.
+
+    Args:
+        config: The architecture, e.g. `keras_coatnet.CONFIGS["coatnet-0"]`.
+        include_top: Include the classifier head (pool, LayerNorm, tanh
+            pre-logits, dense). Defaults to `True`.
+        weights: `None` (random initialization) or the path to a
+            `.weights.h5` file saved from a model of the same architecture.
+            The whole file is checked before anything is loaded. Defaults to
+            `None`.
+        input_tensor: Optional Keras tensor to use as the image input.
+        input_shape: `(height, width, channels)`; height and width must be
+            static multiples of 32. Defaults to the variant's default size.
+        pooling: With `include_top=False`: `None` returns the S4 feature map,
+            `"avg"` or `"max"` a pooled vector.
+        classes: Number of classes of the head. Defaults to `1000`.
+        classifier_activation: Activation of the last layer, or `None` for
+            logits. Defaults to `"softmax"`.
+        include_preprocessing: Include a layer that maps pixels in `[0, 255]`
+            to `(x / 255 - mean) / std`. Defaults to `True`.
+        drop_path_rate: Stochastic depth rate of the last block; earlier
+            blocks get linearly smaller rates. Defaults to `0.0`.
+        cache_bias: Cache each attention block's gathered relative bias for
+            inference. Defaults to `True`.
+        name: Model name. Defaults to the variant name.
+
+    Returns:
+        A `keras.Model`.
+
+    Raises:
+        ValueError: For a bad input shape, pooling, class count or weights
+            file (missing, or not fitting the model).
+
+    Reference:
+        Dai et al., "CoAtNet: Marrying Convolution and Attention for All
+        Data Sizes", NeurIPS 2021, arXiv 2106.04803.
+    """
+    if not isinstance(config, CoAtNetConfig):
+        raise ValueError(f"config must be a CoAtNetConfig, received: {config!r}")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), received: {drop_path_rate!r}")
+    _check_args(include_top, weights, pooling, classes)
+    input_shape = _input_shape(config, input_shape, input_tensor, include_preprocessing)
+    if input_tensor is None:
+        inputs = keras.Input(shape=input_shape, name="images")
+    elif not keras.backend.is_keras_tensor(input_tensor):
+        inputs = keras.Input(tensor=input_tensor, shape=input_shape, name="images")
+    else:
+        inputs = input_tensor
+    x = inputs
+    if include_preprocessing:
+        # (x / 255 - mean) / std as one affine map.
+        x = keras.layers.Rescaling(
+            scale=[1.0 / (255.0 * s) for s in config.std],
+            offset=[-m / s for m, s in zip(config.mean, config.std, strict=True)],
+            name="preprocessing",
+        )(x)
+    x, _ = _stem_and_stages(x, config, drop_path_rate, cache_bias)
+    x = _head(x, config, include_top, pooling, classes, classifier_activation)
+    model = keras.Model(inputs, x, name=name or config.name.replace("-", "_"))
+    if weights is not None:
+        _load(model, weights, config, include_top, include_preprocessing, input_shape)
+    return model
+
+
+def _load(model, weights, config, include_top, include_preprocessing, input_shape):
+    """Load `weights`; without a top, take the backbone from a full model."""
+    file_classes = loading.head_classes(weights)
+    if include_top or file_classes is None:
+        loading.load_weights(model, weights)
+        return
+    full = CoAtNet(
+        config,
+        include_top=True,
+        weights=weights,
+        input_shape=input_shape,
+        classes=file_classes,
+        include_preprocessing=include_preprocessing,
+    )
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights(full.get_layer(layer.name).get_weights())
+
+
+def stage_features(model: keras.Model) -> keras.Model:
+    """A model returning the feature maps of every stage, for dense tasks.
+
+    Args:
+        model: A model built by `CoAtNet` or a factory (any `include_top`).
+
+    Returns:
+        A `keras.Model` on the same input whose output is a dict
+        `{"S0": stem, "S1": 1/4, "S2": 1/8, "S3": 1/16, "S4": 1/32}` sharing
+        the model's layers and weights. For CoAtNet-6/7, `"S3"` is the output
+        of the transformer part of the split stage.
+    """
+    names = [layer.name for layer in model.layers]
+    outputs = {"S0": model.get_layer("stem").output}
+    last_by_stage = {}
+    for layer in model.layers:
+        if layer.name.startswith("stage") and "_block" in layer.name:
+            last_by_stage[int(layer.name[5 : layer.name.index("_")])] = layer
+    if "stem" not in names or not last_by_stage:
+        raise ValueError(f"model {model.name!r} is not a CoAtNet built by keras_coatnet")
+    # Group stages by output resolution; the last stage at a resolution wins.
+    by_reduction = {}
+    for s in sorted(last_by_stage):
+        layer = last_by_stage[s]
+        height = layer.output.shape[1]
+        by_reduction[height] = layer.output
+    for i, height in enumerate(sorted(by_reduction, reverse=True), start=1):
+        outputs[f"S{i}"] = by_reduction[height]
+    return keras.Model(model.input, outputs, name=f"{model.name}_features")
+
+
+_FACTORY_DOC = """Instantiate the CoAtNet-{n} architecture.
+
+    {rows}
+
+    Args:
+        include_top: Include the classifier head. Defaults to `True`.
+        weights: `None` or the path to a `.weights.h5` file. Defaults to `None`.
+        input_tensor: Optional Keras tensor to use as the image input.
+        input_shape: `(height, width, 3)` with sides that are multiples of
+            32. Defaults to `(224, 224, 3)`.
+        pooling: With `include_top=False`: `None`, `"avg"` or `"max"`.
+        classes: Number of classes. Defaults to `1000`.
+        classifier_activation: Activation of the last layer. Defaults to
+            `"softmax"`.
+        include_preprocessing: Map `[0, 255]` pixels to the model's
+            normalization inside the model. Defaults to `True`.
+        drop_path_rate: Stochastic depth rate of the last block. Defaults
+            to `0.0`.
+        name: Model name. Defaults to `"coatnet_{n}"`.
+
+    Returns:
+        A `keras.Model`.
+
+    Reference:
+        Dai et al., arXiv 2106.04803.
+    """
+
+
+def _factory(n: int):
+    variant = f"coatnet-{n}"
+
+    def factory(
+        include_top=True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=1000,
+        classifier_activation="softmax",
+        include_preprocessing=True,
+        drop_path_rate=0.0,
+        name=None,
+    ):
+        return CoAtNet(
+            get_config(variant),
+            include_top=include_top,
+            weights=weights,
+            input_tensor=input_tensor,
+            input_shape=input_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            include_preprocessing=include_preprocessing,
+            drop_path_rate=drop_path_rate,
+            name=name,
+        )
+
+    config = get_config(variant)
+    rows = "Layout (S1..): " + ", ".join(f"{s.depth}x{s.block_type}@{s.dim}" for s in config.stages)
+    factory.__name__ = factory.__qualname__ = f"CoAtNet{n}"
+    factory.__doc__ = _FACTORY_DOC.format(n=n, rows=rows)
+    return factory
+
+
+CoAtNet0 = _factory(0)
+CoAtNet1 = _factory(1)
+CoAtNet2 = _factory(2)
+CoAtNet3 = _factory(3)
+CoAtNet4 = _factory(4)
+CoAtNet5 = _factory(5)
+CoAtNet6 = _factory(6)
+CoAtNet7 = _factory(7)

@@ -1,0 +1,20 @@
+"""Package metadata for keras_coatnet."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="keras_coatnet",
+    version="0.1.0",
+    description="CoAtNet (Dai et al., NeurIPS 2021) as Keras 3 applications",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_coatnet", "keras_coatnet.*"]),
+    package_data={"keras_coatnet": ["data/*.json"]},
+    install_requires=["tensorflow>=2.16", "keras>=3.0", "numpy", "h5py"],
+    extras_require={
+        "data": ["tensorflow-datasets", "scikit-learn"],
+        "test": ["pytest", "ruff", "jax[cpu]"],
+    },
+)
