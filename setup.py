@@ -15,6 +15,6 @@ setup(
     install_requires=["tensorflow>=2.16", "keras>=3.0", "numpy", "h5py"],
     extras_require={
         "data": ["tensorflow-datasets", "scikit-learn"],
-        "test": ["pytest", "ruff", "jax[cpu]"],
+        "test": ["pytest", "ruff==0.17.6", "jax[cpu]"],
     },
 )

@@ -355,3 +355,18 @@ def test_decode_predictions_uses_the_shipped_class_index():
     x = images()
     assert kc.preprocess_input(x) is x
     assert os.path.exists(kc.imagenet_utils._INDEX_PATH)
+
+
+def test_mixed_bfloat16_model_saves_and_reloads(tmp_path):
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model = tiny_model()
+    randomize(model)
+    path = str(tmp_path / "bf16.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert loaded.get_layer("stage3_block0").dtype_policy.name == "mixed_bfloat16"
+    x = images()
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded(x, training=False)),
+        keras.ops.convert_to_numpy(model(x, training=False)),
+    )
