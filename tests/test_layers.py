@@ -59,9 +59,10 @@ def _attention_float64(layer, x):
 
 
 @pytest.mark.parametrize("cache_bias", [True, False])
-def test_attention_matches_float64_reference(cache_bias):
+@pytest.mark.parametrize("hw", [(3, 4), (1, 1)])
+def test_attention_matches_float64_reference(cache_bias, hw):
     layer = RelativeAttention(32, head_size=8, cache_bias=cache_bias)
-    x = np.random.RandomState(1).normal(size=(2, 3, 4, 24)).astype("float32")
+    x = np.random.RandomState(1).normal(size=(2, *hw, 24)).astype("float32")
     layer.build(x.shape)
     rng = np.random.RandomState(2)
     for v in layer.trainable_weights:

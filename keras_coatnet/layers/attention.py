@@ -144,6 +144,16 @@ class RelativeAttention(keras.layers.Layer):
         qkv = ops.reshape(self.qkv(inputs), (batch, tokens, heads, 3, dim))
         qkv = ops.transpose(qkv, (3, 0, 2, 1, 4))  # (3, B, heads, N, d)
         q, k, v = qkv[0], qkv[1], qkv[2]
+        if tokens == 1:
+            # A 1x1 map (32x32 input at S4): the softmax over one key is 1.
+            out = v
+        else:
+            out = self._attend(q, k, v, training)
+        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, self.height, self.width, -1))
+        return self.proj(out)
+
+    def _attend(self, q, k, v, training):
+        dim = self.head_size
         q = q * ops.cast(1.0 / math.sqrt(dim), q.dtype)
         # (B, heads, N, N), in float32 for the softmax
         logits = ops.cast(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))), "float32")
@@ -152,9 +162,7 @@ class RelativeAttention(keras.layers.Layer):
         else:
             bias = self.relative_bias()
         attn = ops.softmax(logits + bias, axis=-1)
-        out = ops.matmul(ops.cast(attn, v.dtype), v)  # (B, heads, N, d)
-        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, self.height, self.width, -1))
-        return self.proj(out)
+        return ops.matmul(ops.cast(attn, v.dtype), v)  # (B, heads, N, d)
 
     def compute_output_shape(self, input_shape):
         return input_shape[:-1] + (self.filters,)
