@@ -14,7 +14,7 @@ setup(
     package_data={"keras_coatnet": ["data/*.json"]},
     install_requires=["tensorflow>=2.16", "keras>=3.0", "numpy", "h5py"],
     extras_require={
-        "data": ["tensorflow-datasets", "scikit-learn"],
+        "train": ["tensorflow-datasets", "scikit-learn", "tensorboard"],
         "test": ["pytest", "ruff==0.17.6", "jax[cpu]"],
     },
 )

@@ -192,6 +192,20 @@ CONFIGS: dict[str, CoAtNetConfig] = {
     "coatnet-7": _scaled(
         (192, 256, 512, 1024, 2048, 3072), name="coatnet-7", source="paper Table 12"
     ),
+    # Not from the paper: a CPU-sized model for the README's digits run and tests.
+    "coatnet-digits": CoAtNetConfig(
+        name="coatnet-digits",
+        stem_dim=32,
+        stages=(
+            StageConfig("mbconv", 1, 32),
+            StageConfig("mbconv", 1, 64),
+            StageConfig("transformer", 2, 96),
+            StageConfig("transformer", 1, 128),
+        ),
+        head_hidden_size=128,
+        default_size=64,
+        source="keras_coatnet: C-C-T-T at 1/20 of CoAtNet-0's width, for CPU demos",
+    ),
 }
 
 

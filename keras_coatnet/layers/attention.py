@@ -143,12 +143,7 @@ class RelativeAttention(keras.layers.Layer):
         heads, dim = self.num_heads, self.head_size
         qkv = ops.reshape(self.qkv(inputs), (batch, tokens, heads, 3, dim))
         qkv = ops.transpose(qkv, (3, 0, 2, 1, 4))  # (3, B, heads, N, d)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        if tokens == 1:
-            # A 1x1 map (32x32 input at S4): the softmax over one key is 1.
-            out = v
-        else:
-            out = self._attend(q, k, v, training)
+        out = self._attend(qkv[0], qkv[1], qkv[2], training)
         out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, self.height, self.width, -1))
         return self.proj(out)
 
@@ -161,7 +156,15 @@ class RelativeAttention(keras.layers.Layer):
             bias = self._inference_bias()
         else:
             bias = self.relative_bias()
-        attn = ops.softmax(logits + bias, axis=-1)
+        logits = logits + bias
+        if self.height * self.width == 1:
+            # A 1x1 map (S4 of a 32x32 input): ops.softmax warns on a one-key
+            # axis; the explicit form is the same 1.0 and keeps the table's
+            # (zero) gradient defined.
+            exp = ops.exp(logits - ops.stop_gradient(logits))
+            attn = exp / ops.sum(exp, axis=-1, keepdims=True)
+        else:
+            attn = ops.softmax(logits, axis=-1)
         return ops.matmul(ops.cast(attn, v.dtype), v)  # (B, heads, N, d)
 
     def compute_output_shape(self, input_shape):

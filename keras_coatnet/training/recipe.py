@@ -1,0 +1,103 @@
+"""The paper's training recipe, from Keras core: optimizer, schedule, augmentation.
+
+Paper defaults (arXiv 2106.04803, Table 7, ImageNet-1K at 224) are the
+dataclass defaults; `DIGITS` is the small-data preset of the README command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+# Weight decay stays off norms, biases and relative position tables.
+NO_DECAY = ["bias", "gamma", "beta", "relative_table"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Training hyper-parameters; defaults are the paper's ImageNet-1K recipe."""
+
+    epochs: int = 300
+    batch_size: int = 4096
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 10_000
+    label_smoothing: float = 0.1
+    randaugment_ops: int = 2
+    randaugment_magnitude: int = 15  # of 30, Keras's factor = magnitude / 30
+    mixup_alpha: float = 0.8
+    cutmix: bool = False
+    drop_path_rate: float = 0.2  # CoAtNet-0; 0.3 / 0.5 / 0.7 for CoAtNet-1 / 2 / 3
+    ema_momentum: float | None = None
+    grad_clip: float | None = 1.0
+
+    def replace(self, **changes) -> Recipe:
+        return dataclasses.replace(self, **changes)
+
+
+PAPER = Recipe()
+DIGITS = Recipe(
+    epochs=30,
+    batch_size=64,
+    learning_rate=2e-3,
+    weight_decay=0.05,
+    warmup_steps=50,
+    label_smoothing=0.1,
+    randaugment_ops=0,
+    mixup_alpha=0.0,
+    drop_path_rate=0.1,
+)
+
+
+def optimizer(recipe: Recipe, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """AdamW with linear warm-up then cosine decay, decay off norms/biases/tables."""
+    total = max(recipe.epochs * steps_per_epoch, 1)
+    warmup = min(recipe.warmup_steps, total // 2)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0,
+        decay_steps=max(total - warmup, 1),
+        warmup_target=recipe.learning_rate,
+        warmup_steps=warmup,
+    )
+    opt = keras.optimizers.AdamW(
+        learning_rate=schedule,
+        weight_decay=recipe.weight_decay,
+        global_clipnorm=recipe.grad_clip,
+        use_ema=recipe.ema_momentum is not None,
+        ema_momentum=recipe.ema_momentum or 0.99,
+    )
+    opt.exclude_from_weight_decay(var_names=NO_DECAY)
+    return opt
+
+
+def augmenter(recipe: Recipe, seed: int = 0):
+    """A function on `(images, one_hot_labels)` batches, or `None` for no augmentation."""
+    layers = []
+    if recipe.randaugment_ops:
+        layers.append(
+            keras.layers.RandAugment(
+                value_range=(0, 255),
+                num_ops=recipe.randaugment_ops,
+                factor=recipe.randaugment_magnitude / 30.0,
+                seed=seed,
+            )
+        )
+    mix = None
+    if recipe.cutmix:
+        mix = keras.layers.CutMix(factor=1.0, seed=seed + 1)
+    elif recipe.mixup_alpha:
+        mix = keras.layers.MixUp(alpha=recipe.mixup_alpha, seed=seed + 1)
+    if not layers and mix is None:
+        return None
+
+    def augment(images, labels):
+        for layer in layers:
+            images = layer(images, training=True)
+        if mix is not None:
+            out = mix({"images": images, "labels": labels}, training=True)
+            images, labels = out["images"], out["labels"]
+        return tf.cast(images, tf.float32), tf.cast(labels, tf.float32)
+
+    return augment

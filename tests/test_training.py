@@ -1,0 +1,219 @@
+"""Training on CPU: the digits pipeline, the recipe, XLA, mixed precision, resume, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from helpers import images, tiny_model
+
+pytest.importorskip("tensorflow_datasets")
+pytest.importorskip("sklearn")
+
+import tensorflow as tf  # noqa: E402
+
+from keras_coatnet.training import data, recipe, train  # noqa: E402
+from keras_coatnet.training.train import main, parser  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="tf.data, tf.distribute"
+)
+
+
+@pytest.fixture(scope="module")
+def digits_root(tmp_path_factory):
+    return data.write_digits_tree(str(tmp_path_factory.mktemp("digits")), size=32)
+
+
+def test_digits_tree_holds_every_scan_once(digits_root):
+    counts = {}
+    for split in ("train", "test"):
+        for label in os.listdir(os.path.join(digits_root, split)):
+            counts[split] = counts.get(split, 0) + len(
+                os.listdir(os.path.join(digits_root, split, label))
+            )
+    assert counts == {"train": 1437, "test": 360}  # 1,797 scans, 80/20
+    png = os.path.join(
+        digits_root, "train", "0", sorted(os.listdir(os.path.join(digits_root, "train", "0")))[0]
+    )
+    image = tf.io.decode_png(tf.io.read_file(png))
+    assert image.shape == (32, 32, 3)
+    assert int(tf.reduce_max(image)) > 200  # ink, scaled from 16 grey levels
+
+
+def test_pipeline_has_static_shapes_and_a_seeded_epoch_order(digits_root):
+    splits = data.load(digits_root, 32, 64, seed=1, epochs=3, first_epoch=0)
+    assert splits.train.element_spec[0].shape == (64, 32, 32, 3)
+    assert splits.steps_per_epoch == 1437 // 64
+    labels = [y.numpy().argmax(1) for _, y in splits.train]
+    assert len(labels) == 3 * splits.steps_per_epoch
+    # Resuming at epoch 2 replays exactly epoch 2's batches.
+    resumed = data.load(digits_root, 32, 64, seed=1, epochs=3, first_epoch=2)
+    replay = [y.numpy().argmax(1) for _, y in resumed.train]
+    steps = splits.steps_per_epoch
+    np.testing.assert_array_equal(np.concatenate(replay), np.concatenate(labels[2 * steps :]))
+    # Epochs differ from each other.
+    assert not np.array_equal(labels[0], labels[steps])
+
+
+def _args(tmp_path, root, *extra):
+    return parser().parse_args(
+        [
+            "--dataset", root,
+            "--model", "coatnet-digits",
+            "--image-size", "32",
+            "--batch-size", "64",
+            "--lr", "2e-3",
+            "--warmup-steps", "10",
+            "--randaugment-ops", "0",
+            "--mixup", "0",
+            "--drop-path", "0.05",
+            "--output-dir", str(tmp_path / "run"),
+            "--quiet",
+            *extra,
+        ]
+    )  # fmt: skip
+
+
+def test_short_training_run_learns_the_digits(tmp_path, digits_root):
+    result = train(_args(tmp_path, digits_root, "--epochs", "4"))
+    losses = result["history"]["loss"]
+    assert losses[-1] < 0.6 * losses[0]
+    assert result["history"]["accuracy"][-1] > 0.5  # chance is 0.1
+    assert result["accuracy"] > 0.3
+    assert os.path.exists(tmp_path / "run" / "final.weights.h5")
+    assert os.path.exists(tmp_path / "run" / "best.keras")
+    assert os.listdir(tmp_path / "run" / "logs")
+
+
+def test_weight_decay_skips_norms_biases_and_relative_tables():
+    model = tiny_model()
+    opt = recipe.optimizer(recipe.DIGITS.replace(weight_decay=0.5, warmup_steps=0), 10)
+    model.compile(optimizer=opt, loss=lambda y, p: 0.0 * keras.ops.sum(p))
+    before = {v.path: keras.ops.convert_to_numpy(v).copy() for v in model.trainable_weights}
+    model.fit(images(), np.zeros((2, 10)), epochs=1, batch_size=2, verbose=0)
+    # Zero gradients: only decoupled weight decay moves a variable.
+    for v in model.trainable_weights:
+        moved = not np.allclose(before[v.path], keras.ops.convert_to_numpy(v))
+        exempt = any(key in v.path for key in recipe.NO_DECAY)
+        assert moved != exempt, v.path
+
+
+def test_xla_train_step_matches_the_graph_step():
+    results = []
+    for jit in (False, True):
+        keras.utils.set_random_seed(0)
+        model = tiny_model()
+        # SGD: Adam's normalized step turns float noise in a near-zero gradient
+        # into a full +-lr step, which would hide what is compared here.
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+            loss="sparse_categorical_crossentropy",
+            jit_compile=jit,
+        )
+        x, y = images((4, 64, 64, 3)), np.arange(4) % 10
+        losses = [float(model.train_on_batch(x, y)) for _ in range(3)]
+        results.append((losses, [keras.ops.convert_to_numpy(v) for v in model.trainable_weights]))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_mixed_bfloat16_training_is_finite_with_float32_variables():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model = tiny_model()
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="sparse_categorical_crossentropy")
+    x, y = images((4, 64, 64, 3)), np.arange(4) % 10
+    losses = [float(model.train_on_batch(x, y)) for _ in range(3)]
+    assert np.all(np.isfinite(losses))
+    assert {v.dtype for v in model.trainable_weights} == {"float32"}
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--dataset", "no_such_dataset_xyz"], "unknown dataset 'no_such_dataset_xyz'"),
+        (["--dataset", "mnist"], "needs --data-dir"),
+        (["--image-size", "48"], "multiple of 32, received: 48"),
+        (["--batch-size", "0"], "--batch-size must be at least 1, received: 0"),
+        (["--data-dir", "/tmp"], "need --dataset"),
+    ],
+)
+def test_bad_arguments_end_with_one_clear_line(argv, message, capsys, tmp_path):
+    assert main([*argv, "--output-dir", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_batch_must_divide_over_replicas():
+    from keras_coatnet.training.train import _check
+
+    args = parser().parse_args([])
+    with pytest.raises(ValueError, match="--batch-size 10 is not divisible by the 4 replicas"):
+        _check(args, recipe.DIGITS.replace(batch_size=10), 4)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open (issue 4): a resumed run matches an uninterrupted one bit for bit when "
+    "fit runs no per-epoch validation, and differs (~1e-3) when it does; cause not found yet",
+)
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path, digits_root):
+    """Kill a run after its first epoch checkpoint, rerun the same command."""
+    command = [
+        sys.executable, os.path.join(os.path.dirname(__file__), os.pardir, "examples", "train.py"),
+        "--dataset", digits_root, "--model", "coatnet-digits", "--image-size", "32",
+        "--batch-size", "64", "--epochs", "3", "--steps-per-epoch", "6",
+        "--drop-path", "0.1", "--warmup-steps", "4", "--quiet",
+    ]  # fmt: skip
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    whole = tmp_path / "whole"
+    subprocess.run([*command, "--output-dir", str(whole)], check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    metadata = killed / "backup" / "training_metadata.json"
+    proc = subprocess.Popen([*command, "--output-dir", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        while proc.poll() is None:
+            if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 1:
+                proc.kill()
+                break
+        proc.wait(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0, "the run finished before it could be killed"
+    assert not (killed / "final.weights.h5").exists()
+    subprocess.run(
+        [*command, "--output-dir", str(killed)], check=True, env=env, capture_output=True
+    )
+
+    import h5py
+
+    with h5py.File(whole / "final.weights.h5") as a, h5py.File(killed / "final.weights.h5") as b:
+        names = []
+        a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        assert names
+        for name in names:
+            np.testing.assert_allclose(a[name][()], b[name][()], atol=1e-5, err_msg=name)
+
+
+def test_strategy_plumbing_with_one_device_strategy_and_xla(digits_root):
+    """What TPUStrategy needs from us, on CPU: variables in scope, static batches, XLA step."""
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    splits = data.load(digits_root, 32, 32, epochs=1, steps_per_epoch=3)
+    with strategy.scope():
+        model = tiny_model(input_shape=(32, 32, 3))
+        model.compile(
+            optimizer=recipe.optimizer(recipe.DIGITS, 3),
+            loss="categorical_crossentropy",
+            jit_compile=True,
+        )
+    assert all(
+        isinstance(v.value, tf.Variable) and "CPU:0" in v.value.device for v in model.weights
+    )
+    history = model.fit(splits.train, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["loss"][0])
