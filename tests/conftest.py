@@ -12,5 +12,11 @@ import pytest  # noqa: E402
 def _fresh_session():
     keras.utils.set_random_seed(0)
     yield
+    if keras.backend.backend() == "tensorflow":
+        # train() turns op determinism on process-wide; it would switch XLA off
+        # in the tests that follow.
+        from tensorflow.python.framework import config as tf_config
+
+        tf_config.disable_op_determinism()
     keras.config.set_dtype_policy("float32")
     keras.backend.clear_session()

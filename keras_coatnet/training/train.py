@@ -138,8 +138,6 @@ def _resumed_epoch(backup_dir: str) -> int:
 def train(args) -> dict:
     """Run one training job from parsed `args`; returns the final evaluation."""
     keras.utils.set_random_seed(args.seed)
-    # Same seed, same weights: a resumed run must match an uninterrupted one.
-    tf.config.experimental.enable_op_determinism()
     keras.config.set_dtype_policy(PRECISIONS[args.mixed_precision])
     strategy = pick_strategy(args.tpu)
     rec = _recipe(args)
@@ -164,6 +162,11 @@ def train(args) -> dict:
         steps_per_epoch=args.steps_per_epoch,
     )
     steps = splits.steps_per_epoch
+    xla = _use_xla(args.jit, strategy)
+    if not xla:
+        # Same seed, same weights (resumed runs included). Keras turns XLA off
+        # when op determinism is on, so XLA runs (TPU, GPU) are not bit-exact.
+        tf.config.experimental.enable_op_determinism()
     with strategy.scope():
         model = CoAtNet(
             config,
@@ -175,7 +178,7 @@ def train(args) -> dict:
             optimizer=recipe.optimizer(rec, steps),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=rec.label_smoothing),
             metrics=["accuracy"],
-            jit_compile=_use_xla(args.jit, strategy),
+            jit_compile=xla,
         )
     callbacks = [
         ResumableBackup(backup),
