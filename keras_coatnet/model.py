@@ -47,12 +47,13 @@ def _input_shape(config, input_shape, input_tensor, include_preprocessing):
 
 
 def _check_args(include_top, weights, pooling, classes):
+    """Check the arguments; returns the weights file's class count (None without one)."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, received: {pooling!r}")
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
         raise ValueError(f"classes must be a positive int, received: {classes!r}")
+    file_classes = None
     if weights is not None:
-        loading.check_path(weights)
         file_classes = loading.head_classes(weights)
         if include_top and file_classes is None:
             raise ValueError(
@@ -64,6 +65,7 @@ def _check_args(include_top, weights, pooling, classes):
                 f"head has {file_classes} classes; pass classes={file_classes}, or "
                 "include_top=False and add your own head"
             )
+    return file_classes
 
 
 def _stem_and_stages(x, config, drop_path_rate, cache_bias):
@@ -189,7 +191,7 @@ def CoAtNet(
         raise ValueError(f"config must be a CoAtNetConfig, received: {config!r}")
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), received: {drop_path_rate!r}")
-    _check_args(include_top, weights, pooling, classes)
+    file_classes = _check_args(include_top, weights, pooling, classes)
     input_shape = _input_shape(config, input_shape, input_tensor, include_preprocessing)
     if input_tensor is None:
         inputs = keras.Input(shape=input_shape, name="images")
@@ -209,13 +211,12 @@ def CoAtNet(
     x = _head(x, config, include_top, pooling, classes, classifier_activation)
     model = keras.Model(inputs, x, name=name or config.name.replace("-", "_"))
     if weights is not None:
-        _load(model, weights, config, include_top, include_preprocessing, input_shape)
+        _load(model, weights, file_classes, config, include_top, include_preprocessing)
     return model
 
 
-def _load(model, weights, config, include_top, include_preprocessing, input_shape):
+def _load(model, weights, file_classes, config, include_top, include_preprocessing):
     """Load `weights`; without a top, take the backbone from a full model."""
-    file_classes = loading.head_classes(weights)
     if include_top or file_classes is None:
         loading.load_weights(model, weights)
         return
@@ -223,7 +224,7 @@ def _load(model, weights, config, include_top, include_preprocessing, input_shap
         config,
         include_top=True,
         weights=weights,
-        input_shape=input_shape,
+        input_shape=model.input.shape[1:],
         classes=file_classes,
         include_preprocessing=include_preprocessing,
     )
