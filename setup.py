@@ -16,5 +16,9 @@ setup(
     extras_require={
         "train": ["tensorflow-datasets", "scikit-learn", "tensorboard"],
         "test": ["pytest", "ruff==0.17.6", "jax[cpu]"],
+        # The PyTorch reference for conversion and parity tests. A pinned pair
+        # whose torchvision imports beside its torch (timm needs torchvision);
+        # see the README's developer section.
+        "timm": ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31"],
     },
 )

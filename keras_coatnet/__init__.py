@@ -4,7 +4,7 @@ import keras_coatnet
 model = keras_coatnet.CoAtNet1(weights=None, input_shape=(384, 384, 3))
 """
 
-from keras_coatnet import layers  # noqa: F401 - registers every layer
+from keras_coatnet import convert, layers, weights  # noqa: F401 - layers registers every layer
 from keras_coatnet.configs import CONFIGS, CoAtNetConfig, StageConfig, get_config
 from keras_coatnet.imagenet_utils import decode_predictions, preprocess_input
 from keras_coatnet.loading import load_weights
@@ -18,9 +18,12 @@ from keras_coatnet.model import (
     CoAtNet5,
     CoAtNet6,
     CoAtNet7,
+    create_model,
+    list_models,
     stage_features,
 )
 from keras_coatnet.profile import Profile, profile
+from keras_coatnet.resize import resize_relative_table
 
 __version__ = "0.1.0"
 
@@ -37,6 +40,9 @@ __all__ = [
     "CoAtNet7",
     "CoAtNetConfig",
     "Profile",
+    "create_model",
+    "list_models",
+    "resize_relative_table",
     "StageConfig",
     "decode_predictions",
     "get_config",

@@ -11,7 +11,19 @@ from dataclasses import dataclass
 
 BLOCK_TYPES = ("mbconv", "transformer")
 PADDINGS = ("symmetric", "same")
-POOL_TYPES = ("avg", "max")
+POOL_TYPES = ("avg", "max", "max3")
+CHOICES = {
+    "conv_activation": ("gelu", "silu"),
+    "se_activation": ("silu", "relu"),
+    "expand_from": ("output", "input"),
+    "se_from": ("output", "hidden"),
+    "mbconv_stride": ("depthwise", "pool"),
+    "attention_width": ("output", "input"),
+    "transformer_norm": ("layernorm", "batchnorm"),
+    "relative_bias": ("table", "mlp"),
+    "padding": PADDINGS,
+    "pool_type": POOL_TYPES,
+}
 
 
 @dataclass(frozen=True)
@@ -64,8 +76,48 @@ class CoAtNetConfig:
         padding: Padding of stride-2 3x3 convolutions: `"symmetric"` pads one
             pixel on every side as PyTorch does; `"same"` is TF's `same`,
             which pads only bottom/right for even inputs.
-        pool_type: Downsampling pool of the shortcut and of the transformer
-            input, 2x2 stride 2: `"avg"` (timm) or `"max"` (the paper's text).
+        pool_type: Downsampling pool of the shortcuts and of the transformer
+            input: `"avg"` or `"max"` 2x2 stride 2 (timm's `avg2` / `max2`;
+            `"avg"` in every published model), or `"max3"`, 3x3 stride 2
+            with one pixel of padding (timm's `max`, used by
+            `coatnet_rmlp_1_rw_224`).
+        stem_hidden_dim: Channels of the first stem convolution; `None` for
+            `stem_dim` (the paper). timm's rw variants use half.
+        conv_activation: Activation of the stem and the MBConv blocks:
+            `"gelu"` (paper) or `"silu"` (timm rw).
+        pre_norm_activation: Apply `conv_activation` after the MBConv
+            pre-norm as well (timm rw: `True`; paper: `False`).
+        expand_from: MBConv hidden width is `expand_ratio` times the block's
+            `"output"` channels (paper) or its `"input"` channels (timm rw).
+        se_from: Squeeze-excite bottleneck is `se_ratio` times the block's
+            `"output"` channels (paper) or its `"hidden"` (expanded)
+            channels (timm rw).
+        se_activation: Activation inside squeeze-excite: `"silu"` or `"relu"`.
+        se_before_norm: Squeeze-excite between the depthwise convolution and
+            its norm instead of after the norm and activation (timm's
+            `attn_early`).
+        conv_output_bias: Bias on the last 1x1 convolution of MBConv and on
+            its shortcut projection (paper: `True`; most rw: `False`).
+        mbconv_stride: Where a stride-2 MBConv block downsamples: in the
+            `"depthwise"` convolution (paper), or by 2x2 average `"pool"`ing
+            after the pre-norm (timm's `stride_mode="pool"`).
+        attention_width: Width of q, k, v in a transformer block that widens
+            the map: the block's `"output"` channels (paper), or its
+            `"input"` channels with the output projection widening (timm rw,
+            `expand_first=False`). Heads = width / `head_size`.
+        transformer_shortcut_bias: Bias on the transformer shortcut
+            projection.
+        transformer_norm: Norm of the transformer blocks and of the head:
+            `"layernorm"` or `"batchnorm"` (`coatnet_bn_0_rw_224`), with
+            epsilon `ln_epsilon` either way.
+        layer_scale: Initial value of a learned per-channel scale on both
+            transformer branches (timm's `init_values`), or `None` for none.
+        relative_bias: Source of the relative bias w[i-j]: a learned
+            `"table"` (paper), or `"mlp"`: a 2-layer ReLU MLP of width
+            `relative_mlp_dim` over log-spaced offsets
+            `sign(d) * log(1 + |d|)` (timm's rmlp variants, `RelPosMlp` in
+            its "cr" mode).
+        relative_mlp_dim: Hidden width of that MLP.
         mean: Per-channel input mean on the 0..1 scale used by the built-in
             preprocessing.
         std: Per-channel input std on the 0..1 scale.
@@ -87,6 +139,21 @@ class CoAtNetConfig:
     approximate_gelu: bool = False
     padding: str = "symmetric"
     pool_type: str = "avg"
+    stem_hidden_dim: int | None = None
+    conv_activation: str = "gelu"
+    pre_norm_activation: bool = False
+    expand_from: str = "output"
+    se_from: str = "output"
+    se_activation: str = "silu"
+    se_before_norm: bool = False
+    conv_output_bias: bool = True
+    mbconv_stride: str = "depthwise"
+    attention_width: str = "output"
+    transformer_shortcut_bias: bool = True
+    transformer_norm: str = "layernorm"
+    layer_scale: float | None = None
+    relative_bias: str = "table"
+    relative_mlp_dim: int = 512
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     default_size: int = 224
@@ -104,10 +171,16 @@ class CoAtNetConfig:
                 raise ValueError(
                     f"transformer width {stage.dim} is not a multiple of head_size={self.head_size}"
                 )
-        if self.padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {PADDINGS}, received: {self.padding!r}")
-        if self.pool_type not in POOL_TYPES:
-            raise ValueError(f"pool_type must be one of {POOL_TYPES}, received: {self.pool_type!r}")
+        for field, allowed in CHOICES.items():
+            value = getattr(self, field)
+            if value not in allowed:
+                raise ValueError(f"{field} must be one of {allowed}, received: {value!r}")
+        for field in ("stem_hidden_dim", "head_hidden_size"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{field} must be None or a positive int, received: {value!r}")
+        if self.layer_scale is not None and not self.layer_scale > 0:
+            raise ValueError(f"layer_scale must be None or > 0, received: {self.layer_scale!r}")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError(f"mean and std need 3 values, received: {self.mean!r}, {self.std!r}")
 
@@ -209,9 +282,223 @@ CONFIGS: dict[str, CoAtNetConfig] = {
 }
 
 
+# timm 1.0.31 (`timm/models/maxxvit.py`): its paper-like configs and its own
+# variants, which carry the only published ImageNet weights. Rows keep timm's
+# model names so a timm tag maps to a row by dropping the pretrained tag.
+_TIMM = "timm 1.0.31 maxxvit.py model_cfgs[{!r}]"
+
+
+def _timm_layout(dims, depths, stem, default_size=224, **kwargs):
+    """timm's `embed_dim`, `depths`, `stem_width` for a C-C-T-T model."""
+    kinds = ("mbconv", "mbconv", "transformer", "transformer")
+    stem_hidden, stem_dim = stem if isinstance(stem, tuple) else (None, stem)
+    return CoAtNetConfig(
+        stem_dim=stem_dim,
+        stem_hidden_dim=stem_hidden,
+        stages=tuple(
+            StageConfig(kind, depth, dim)
+            for kind, depth, dim in zip(kinds, depths, dims, strict=True)
+        ),
+        default_size=default_size,
+        **kwargs,
+    )
+
+
+# `_rw_coat_cfg`: the docstring's "common differences" of timm's first models.
+_RW_COAT = dict(
+    conv_activation="silu",
+    pre_norm_activation=True,
+    expand_from="input",
+    se_from="hidden",
+    se_activation="relu",
+    conv_output_bias=False,
+    mbconv_stride="pool",
+    attention_width="input",
+)
+# `_rw_max_cfg` (MaxViT-style defaults; used by the nano models): no
+# activation after the pre-norm, SiLU squeeze-excite, strided depthwise conv.
+_RW_MAX = dict(
+    conv_activation="silu",
+    expand_from="input",
+    se_from="hidden",
+    se_ratio=1 / 16,
+    conv_output_bias=False,
+    attention_width="input",
+)
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_C0 = ((96, 192, 384, 768), (32, 64))
+_C1 = ((96, 192, 384, 768), (32, 64))
+_C2 = ((128, 256, 512, 1024), (64, 128))
+_C3 = ((192, 384, 768, 1536), (96, 192))
+_NANO = ((64, 128, 256, 512), (32, 64))
+
+
+def _rw(cfg_name, dims_stem, depths, base, default_size=224, **overrides):
+    dims, stem = dims_stem
+    name = f"{cfg_name}_{default_size}"
+    return name, _timm_layout(
+        dims,
+        depths,
+        stem,
+        default_size=default_size,
+        name=name,
+        source=_TIMM.format(cfg_name),
+        **{**base, **overrides},
+    )
+
+
+_TIMM_ROWS = dict(
+    [
+        _rw("coatnet_pico_rw", _NANO, (2, 3, 5, 2), _RW_MAX, conv_output_bias=True, se_ratio=0.25),
+        _rw(
+            "coatnet_nano_rw",
+            _NANO,
+            (3, 4, 6, 3),
+            _RW_MAX,
+            mbconv_stride="pool",
+            conv_output_bias=True,
+            se_ratio=0.25,
+        ),
+        _rw(
+            "coatnet_0_rw",
+            _C0,
+            (2, 3, 7, 2),
+            _RW_COAT,
+            se_before_norm=True,
+            transformer_shortcut_bias=False,
+        ),
+        _rw(
+            "coatnet_1_rw",
+            _C1,
+            (2, 6, 14, 2),
+            _RW_COAT,
+            mbconv_stride="depthwise",
+            se_before_norm=True,
+            transformer_shortcut_bias=False,
+        ),
+        _rw(
+            "coatnet_2_rw",
+            _C2,
+            (2, 6, 14, 2),
+            _RW_COAT,
+            mbconv_stride="depthwise",
+            se_activation="silu",
+        ),
+        _rw(
+            "coatnet_3_rw",
+            _C3,
+            (2, 6, 14, 2),
+            _RW_COAT,
+            mbconv_stride="depthwise",
+            se_activation="silu",
+            layer_scale=1e-6,
+        ),
+        _rw(
+            "coatnet_bn_0_rw",
+            _C0,
+            (2, 3, 7, 2),
+            _RW_COAT,
+            mbconv_stride="depthwise",
+            se_before_norm=True,
+            transformer_shortcut_bias=False,
+            transformer_norm="batchnorm",
+            mean=_IMAGENET_MEAN,
+            std=_IMAGENET_STD,
+        ),
+        _rw(
+            "coatnet_rmlp_nano_rw",
+            _NANO,
+            (3, 4, 6, 3),
+            _RW_MAX,
+            conv_output_bias=True,
+            se_ratio=0.25,
+            relative_bias="mlp",
+            relative_mlp_dim=384,
+        ),
+        _rw(
+            "coatnet_rmlp_0_rw",
+            _C0,
+            (2, 3, 7, 2),
+            _RW_COAT,
+            mbconv_stride="depthwise",
+            relative_bias="mlp",
+        ),
+        # timm: "rel_pos_dim=384, was supposed to be 512, woops"
+        _rw(
+            "coatnet_rmlp_1_rw",
+            _C1,
+            (2, 6, 14, 2),
+            _RW_COAT,
+            pool_type="max3",
+            se_before_norm=True,
+            transformer_shortcut_bias=False,
+            relative_bias="mlp",
+            relative_mlp_dim=384,
+        ),
+        _rw(
+            "coatnet_rmlp_1_rw2",
+            _C1,
+            (2, 6, 14, 2),
+            _RW_COAT,
+            mbconv_stride="depthwise",
+            relative_bias="mlp",
+        ),
+        *[
+            _rw(
+                "coatnet_rmlp_2_rw",
+                _C2,
+                (2, 6, 14, 2),
+                _RW_COAT,
+                default_size=size,
+                mbconv_stride="depthwise",
+                se_activation="silu",
+                layer_scale=1e-6,
+                relative_bias="mlp",
+            )
+            for size in (224, 384)
+        ],
+        _rw(
+            "coatnet_rmlp_3_rw",
+            _C3,
+            (2, 6, 14, 2),
+            _RW_COAT,
+            mbconv_stride="depthwise",
+            se_activation="silu",
+            layer_scale=1e-6,
+            relative_bias="mlp",
+        ),
+    ]
+)
+# timm's "trying to be like the CoAtNet paper" configs: the paper rows above,
+# except that coatnet_5_224 keeps head size 32.
+_PAPER_ROWS = {
+    f"coatnet_{n}_224": CONFIGS[f"coatnet-{n}"].replace(
+        name=f"coatnet_{n}_224", source=_TIMM.format(f"coatnet_{n}")
+    )
+    for n in range(5)
+}
+_PAPER_ROWS["coatnet_5_224"] = CONFIGS["coatnet-5"].replace(
+    name="coatnet_5_224", head_size=32, source=_TIMM.format("coatnet_5")
+)
+CONFIGS.update(_PAPER_ROWS)
+CONFIGS.update(_TIMM_ROWS)
+
+
+def _normalize(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+_BY_NORMALIZED = {_normalize(key): key for key in CONFIGS}
+
+
 def get_config(name: str) -> CoAtNetConfig:
-    """Look up a variant of `CONFIGS` by name (`"coatnet-0"` .. `"coatnet-7"`)."""
-    key = name.lower().replace("_", "-")
-    if key not in CONFIGS:
+    """Look up a row of `CONFIGS` by name; `-` and `_` are interchangeable.
+
+    Raises:
+        ValueError: For an unknown name; the message lists the known ones.
+    """
+    key = _BY_NORMALIZED.get(_normalize(name)) if isinstance(name, str) else None
+    if key is None:
         raise ValueError(f"Unknown CoAtNet variant {name!r}; choose one of {sorted(CONFIGS)}")
     return CONFIGS[key]

@@ -5,6 +5,10 @@ attribute names, and it loads layer by layer: a file that does not fit can
 leave a model half-loaded, and a file with extra layers loads silently. Here
 the file's variables are compared with the ones the model would save before
 anything is assigned, and the first mismatch is named.
+
+One mismatch is allowed: a relative attention table saved at another feature
+size (a checkpoint trained at 224 loaded into a 384 model). Such tables are
+resized on load with timm's interpolation (`keras_coatnet.resize`).
 """
 
 from __future__ import annotations
@@ -91,8 +95,25 @@ def check_path(path) -> str:
     return path
 
 
+def _is_table(record) -> bool:
+    return record[0].split("/")[-1] == "attn" and list(record[1]) == ["0"] and len(record[1]["0"]) == 2
+
+
+def _resizable(stored, expected) -> bool:
+    """Both are relative tables with the same heads and a square-window source."""
+    if not (_is_table(stored) and _is_table(expected)):
+        return False
+    rows, heads = stored[1]["0"]
+    side = (round(rows**0.5) + 1) // 2
+    return heads == expected[1]["0"][1] and (2 * side - 1) ** 2 == rows
+
+
 def check_weights_file(model, path) -> None:
-    """Raise a `ValueError` naming the first variable where file and model differ."""
+    """Raise a `ValueError` naming the first variable where file and model differ.
+
+    Relative tables of another (square) feature size pass: they are resized
+    when loaded.
+    """
     path = check_path(path)
     try:
         stored = file_structure(path)
@@ -105,7 +126,7 @@ def check_weights_file(model, path) -> None:
                 f"weights file {path!r} does not fit model {model.name!r}: it has no "
                 f"variables for layer {_describe(key, record)}"
             )
-        if stored[key][1] != record[1]:
+        if stored[key][1] != record[1] and not _resizable(stored[key], record):
             raise ValueError(
                 f"weights file {path!r} does not fit model {model.name!r}: layer "
                 f"{record[0]!r} expects shapes {record[1]}, the file holds {stored[key][1]}"

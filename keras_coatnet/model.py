@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fnmatch
+
 import keras
 
 from keras_coatnet import loading
-from keras_coatnet.configs import CoAtNetConfig, get_config
+from keras_coatnet import weights as weights_registry
+from keras_coatnet.configs import CONFIGS, CoAtNetConfig, get_config
 from keras_coatnet.layers import MBConvBlock, Stem, TransformerBlock
 
 POOLINGS = (None, "avg", "max")
@@ -72,6 +75,8 @@ def _stem_and_stages(x, config, drop_path_rate, cache_bias):
     """S0..S4; returns the output and the per-stage feature maps."""
     x = Stem(
         config.stem_dim,
+        hidden_filters=config.stem_hidden_dim,
+        activation=config.conv_activation,
         bn_epsilon=config.bn_epsilon,
         bn_momentum=config.bn_momentum,
         approximate_gelu=config.approximate_gelu,
@@ -97,7 +102,15 @@ def _stem_and_stages(x, config, drop_path_rate, cache_bias):
                 block = MBConvBlock(
                     channels,
                     stage.dim,
+                    expand_from=config.expand_from,
                     se_ratio=config.se_ratio,
+                    se_from=config.se_from,
+                    se_activation=config.se_activation,
+                    se_before_norm=config.se_before_norm,
+                    activation=config.conv_activation,
+                    pre_norm_activation=config.pre_norm_activation,
+                    output_bias=config.conv_output_bias,
+                    stride_mode=config.mbconv_stride,
                     bn_epsilon=config.bn_epsilon,
                     bn_momentum=config.bn_momentum,
                     padding=config.padding,
@@ -108,7 +121,14 @@ def _stem_and_stages(x, config, drop_path_rate, cache_bias):
                     channels,
                     stage.dim,
                     head_size=config.head_size,
+                    attention_width=config.attention_width,
+                    norm=config.transformer_norm,
                     ln_epsilon=config.ln_epsilon,
+                    bn_momentum=config.bn_momentum,
+                    shortcut_bias=config.transformer_shortcut_bias,
+                    layer_scale=config.layer_scale,
+                    relative_bias=config.relative_bias,
+                    relative_mlp_dim=config.relative_mlp_dim,
                     cache_bias=cache_bias,
                     **common,
                 )
@@ -118,14 +138,27 @@ def _stem_and_stages(x, config, drop_path_rate, cache_bias):
     return x, features
 
 
+def _head_norm(config):
+    if config.transformer_norm == "batchnorm":
+        return keras.layers.BatchNormalization(
+            epsilon=config.ln_epsilon, momentum=config.bn_momentum, name="head_norm"
+        )
+    return keras.layers.LayerNormalization(epsilon=config.ln_epsilon, name="head_norm")
+
+
 def _head(x, config, include_top, pooling, classes, classifier_activation):
     if include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
-        x = keras.layers.LayerNormalization(epsilon=config.ln_epsilon, name="head_norm")(x)
         if config.head_hidden_size:
+            # The paper's head (timm's NormMlpClassifierHead): pool, norm, tanh pre-logits.
+            x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+            x = _head_norm(config)(x)
             x = keras.layers.Dense(
                 config.head_hidden_size, activation="tanh", name="head_pre_logits"
             )(x)
+        else:
+            # timm's rw head: norm every position of the map, then pool.
+            x = _head_norm(config)(x)
+            x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
         return keras.layers.Dense(
             classes, activation=classifier_activation, name=loading.HEAD_LAYER
         )(x)
@@ -156,10 +189,12 @@ def CoAtNet(
         config: The architecture, e.g. `keras_coatnet.CONFIGS["coatnet-0"]`.
         include_top: Include the classifier head (pool, LayerNorm, tanh
             pre-logits, dense). Defaults to `True`.
-        weights: `None` (random initialization) or the path to a
-            `.weights.h5` file saved from a model of the same architecture.
-            The whole file is checked before anything is loaded. Defaults to
-            `None`.
+        weights: `None` (random initialization), the path to a
+            `.weights.h5` file saved from a model of the same architecture,
+            `"imagenet"` or a tag of `keras_coatnet.weights.REGISTRY` (fetched
+            and SHA-256 checked). The whole file is checked before anything
+            is loaded; relative tables saved at another image size are
+            resized as timm does. Defaults to `None`.
         input_tensor: Optional Keras tensor to use as the image input.
         input_shape: `(height, width, channels)`; height and width must be
             static multiples of 32. Defaults to the variant's default size.
@@ -191,6 +226,8 @@ def CoAtNet(
         raise ValueError(f"config must be a CoAtNetConfig, received: {config!r}")
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), received: {drop_path_rate!r}")
+    if weights is not None:
+        weights = weights_registry.resolve(weights, config.name)
     file_classes = _check_args(include_top, weights, pooling, classes)
     input_shape = _input_shape(config, input_shape, input_tensor, include_preprocessing)
     if input_tensor is None:
@@ -231,6 +268,40 @@ def _load(model, weights, file_classes, config, include_top, include_preprocessi
     for layer in model.layers:
         if layer.weights:
             layer.set_weights(full.get_layer(layer.name).get_weights())
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of every architecture `create_model` builds, optionally filtered.
+
+    Args:
+        pattern: A shell-style wildcard, e.g. `"coatnet_rmlp*"`. Defaults to
+            all.
+
+    Returns:
+        Sorted names: the paper's `"coatnet-0"`.. `"coatnet-7"`, timm's
+        `"coatnet_0_224"`.. and its rw / rmlp variants, and
+        `"coatnet-digits"`.
+    """
+    return sorted(name for name in CONFIGS if fnmatch.fnmatch(name, pattern))
+
+
+def create_model(name: str, **kwargs) -> keras.Model:
+    """Build the architecture `name` (see `list_models`), timm style.
+
+    Args:
+        name: A row of `keras_coatnet.CONFIGS`, e.g. `"coatnet_0_rw_224"` or
+            `"coatnet-1"` (`-` and `_` are interchangeable).
+        **kwargs: The keyword arguments of `CoAtNet` and the factories
+            (`include_top`, `weights`, `input_shape`, `classes`, ...).
+
+    Returns:
+        A `keras.Model`.
+
+    Raises:
+        ValueError: For an unknown name (the message lists the known ones)
+            or bad keyword arguments.
+    """
+    return CoAtNet(get_config(name), **kwargs)
 
 
 def stage_features(model: keras.Model) -> keras.Model:

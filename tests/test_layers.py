@@ -7,6 +7,7 @@ from helpers import images
 
 from keras_coatnet.layers import (
     DropPath,
+    LayerScale,
     MBConvBlock,
     RelativeAttention,
     SqueezeExcite,
@@ -102,6 +103,48 @@ def _layers():
         (TransformerBlock(16, 32, strides=1, head_size=8, pool_type="max"), (2, 4, 4, 16)),
         (RelativeAttention(32, head_size=8), (2, 4, 4, 16)),
         (DropPath(0.2, seed=1), (2, 4, 4, 3)),
+        # timm's rw / rmlp options
+        (Stem(16, hidden_filters=8, activation="silu", name="stem_rw"), (2, 32, 32, 3)),
+        (
+            MBConvBlock(
+                16,
+                32,
+                strides=2,
+                expand_from="input",
+                se_from="hidden",
+                se_activation="relu",
+                se_before_norm=True,
+                activation="silu",
+                pre_norm_activation=True,
+                output_bias=False,
+                stride_mode="pool",
+                pool_type="max3",
+                name="mbconv_rw",
+            ),
+            (2, 16, 16, 16),
+        ),
+        (
+            TransformerBlock(
+                16,
+                32,
+                strides=2,
+                head_size=8,
+                attention_width="input",
+                norm="batchnorm",
+                shortcut_bias=False,
+                layer_scale=0.5,
+                relative_bias="mlp",
+                relative_mlp_dim=24,
+                pool_type="max3",
+                name="transformer_rw",
+            ),
+            (2, 8, 8, 16),
+        ),
+        (
+            RelativeAttention(16, head_size=8, output_filters=32, bias_type="mlp", mlp_dim=8),
+            (2, 4, 4, 16),
+        ),
+        (LayerScale(0.1), (2, 4, 4, 8)),
     ]
 
 
@@ -205,3 +248,29 @@ def test_symmetric_padding_differs_from_tf_same():
     yb = keras.ops.convert_to_numpy(b(x))
     assert ya.shape == yb.shape == (1, 4, 4, 4)
     assert not np.allclose(ya, yb)
+
+
+def test_max3_pool_matches_pytorch_window_semantics():
+    # timm's "max" downsampling is MaxPool2d(3, stride=2, padding=1): windows
+    # start one pixel before the map and padding never wins.
+    from keras_coatnet.layers._common import pool2x2
+
+    x = np.random.RandomState(0).normal(size=(2, 6, 8, 3)).astype("float32") - 5.0
+    got = keras.ops.convert_to_numpy(pool2x2(x, "max3"))
+    want = np.empty((2, 3, 4, 3), "float32")
+    for i in range(3):
+        for j in range(4):
+            rows = slice(max(2 * i - 1, 0), 2 * i + 2)
+            cols = slice(max(2 * j - 1, 0), 2 * j + 2)
+            want[:, i, j] = x[:, rows, cols].max(axis=(1, 2))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_mbconv_widths_follow_expand_and_se_bases():
+    paper = MBConvBlock(16, 32, strides=2)
+    rw = MBConvBlock(16, 32, strides=2, expand_from="input", se_from="hidden", se_ratio=0.25)
+    paper.build((1, 8, 8, 16))
+    rw.build((1, 8, 8, 16))
+    # paper: 4 x output = 128 hidden, SE 0.25 x output = 8; rw: 4 x input = 64, SE 16
+    assert paper.conv1.kernel.shape == (1, 1, 16, 128) and paper.se.reduce.kernel.shape[-1] == 8
+    assert rw.conv1.kernel.shape == (1, 1, 16, 64) and rw.se.reduce.kernel.shape[-1] == 16

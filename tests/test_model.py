@@ -205,10 +205,30 @@ def test_weights_with_extra_blocks_are_rejected(saved):
         tiny_model(weights=deeper_path)
 
 
-def test_a_file_of_another_resolution_is_rejected(saved):
-    _, path = saved
-    with pytest.raises(ValueError, match="relative_table|attn"):
-        tiny_model(weights=path, input_shape=(96, 96, 3))
+def test_a_file_of_another_resolution_loads_with_resized_tables(saved):
+    model, path = saved
+    bigger = tiny_model(weights=path, input_shape=(96, 96, 3))
+    for layer in model.layers:
+        for ours, theirs in zip(layer.weights, bigger.get_layer(layer.name).weights, strict=True):
+            if ours.path.endswith(("bias_cache", "cached_table")):
+                continue
+            if ours.path.endswith("relative_table"):
+                # 64 -> 96 pixels: every attention map grows by 3/2.
+                attn = layer.attn
+                expected = kc.resize_relative_table(
+                    np.asarray(ours), (attn.height, attn.width), (attn.height * 3 // 2,) * 2
+                )
+                np.testing.assert_allclose(np.asarray(theirs), expected, rtol=0, atol=1e-7)
+                assert theirs.shape != ours.shape
+            else:
+                np.testing.assert_array_equal(np.asarray(theirs), np.asarray(ours))
+
+
+def test_a_non_square_table_of_another_size_is_rejected(tmp_path):
+    path = str(tmp_path / "wide.weights.h5")
+    tiny_model(input_shape=(64, 96, 3)).save_weights(path)
+    with pytest.raises(ValueError, match="stage3_block0"):
+        tiny_model(weights=path)
 
 
 def test_include_top_false_takes_the_backbone_from_a_full_file(saved):

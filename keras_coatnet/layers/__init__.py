@@ -2,12 +2,14 @@
 
 from keras_coatnet.layers.attention import RelativeAttention, relative_position_index
 from keras_coatnet.layers.drop_path import DropPath
+from keras_coatnet.layers.layer_scale import LayerScale
 from keras_coatnet.layers.mbconv import MBConvBlock, SqueezeExcite
 from keras_coatnet.layers.stem import Stem
 from keras_coatnet.layers.transformer import TransformerBlock
 
 __all__ = [
     "DropPath",
+    "LayerScale",
     "MBConvBlock",
     "RelativeAttention",
     "SqueezeExcite",

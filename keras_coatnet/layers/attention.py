@@ -6,6 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_coatnet.resize import resize_relative_table
+
 
 def relative_position_index(height, width):
     """Index into a `(2H-1)(2W-1)` table for every (query, key) pair.
@@ -19,6 +21,31 @@ def relative_position_index(height, width):
     coords = np.stack([hh.ravel(), ww.ravel()])  # (2, N)
     rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N)
     return ((rel[0] + height - 1) * (2 * width - 1) + rel[1] + width - 1).astype("int32")
+
+
+def relative_log_coords(height, width):
+    """`sign(d) * log(1 + |d|)` of every offset `d = (dh, dw)`, float32 `((2H-1)(2W-1), 2)`.
+
+    Rows follow the table layout of `relative_position_index`; this is the
+    input of timm's `RelPosMlp` in its default "cr" mode.
+    """
+    dh = np.arange(-(height - 1), height, dtype="float32")
+    dw = np.arange(-(width - 1), width, dtype="float32")
+    grid = np.stack(np.meshgrid(dh, dw, indexing="ij"), axis=-1).reshape(-1, 2)
+    return (np.sign(grid) * np.log1p(np.abs(grid))).astype("float32")
+
+
+def _square_side(table, name):
+    """Feature side `k` of a saved `((2k-1)^2, heads)` table, or a clear error."""
+    rows = table.shape[0] if table.ndim == 2 else -1
+    side = (round(max(rows, 0) ** 0.5) + 1) // 2
+    if table.ndim != 2 or (2 * side - 1) ** 2 != rows:
+        raise ValueError(
+            f"Layer {name!r}: the saved relative table has shape {table.shape}, which is not "
+            "((2k-1)^2, heads) for a square feature map; resize it with "
+            "keras_coatnet.resize_relative_table(table, old_size, new_size)"
+        )
+    return side
 
 
 @keras.saving.register_keras_serializable(package="keras_coatnet")
@@ -38,12 +65,21 @@ class RelativeAttention(keras.layers.Layer):
     table, or training can never leave a stale cache. Training always reads
     the live table, so gradients flow to it.
 
+    With `bias_type="mlp"` the table is not a variable but the output of a
+    2-layer ReLU MLP over log-spaced offsets (timm's `RelPosMlp`, "cr"
+    mode); the cache works the same way, comparing the MLP's current output
+    with the copy.
+
     The logits, bias and softmax are computed in float32 under mixed
     precision.
 
     Args:
-        filters: Output channels; also the width of q, k and v.
+        filters: Width of q, k and v (heads = `filters / head_size`).
         head_size: Channels per head. Defaults to `32`.
+        output_filters: Output channels of the projection; `None` for
+            `filters`.
+        bias_type: `"table"` (paper) or `"mlp"`. Defaults to `"table"`.
+        mlp_dim: Hidden width of the bias MLP. Defaults to `512`.
         cache_bias: Cache the gathered bias for inference. `False` gathers on
             every call and saves `heads * (HW)^2` floats of memory.
             Defaults to `True`.
@@ -53,18 +89,40 @@ class RelativeAttention(keras.layers.Layer):
         training: Python bool; `True` bypasses the cache.
     """
 
-    def __init__(self, filters, head_size=32, cache_bias=True, **kwargs):
+    def __init__(
+        self,
+        filters,
+        head_size=32,
+        output_filters=None,
+        bias_type="table",
+        mlp_dim=512,
+        cache_bias=True,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if filters % head_size:
             raise ValueError(f"filters={filters} must be a multiple of head_size={head_size}")
+        if bias_type not in ("table", "mlp"):
+            raise ValueError(f"bias_type must be 'table' or 'mlp', received: {bias_type!r}")
         self.filters = filters
         self.head_size = head_size
+        self.output_filters = output_filters or filters
+        self.bias_type = bias_type
+        self.mlp_dim = mlp_dim
         self.cache_bias = cache_bias
         self.num_heads = filters // head_size
         dt = self.dtype_policy
         # q, k, v in one projection, head-major: channel = head*3*d + {q,k,v}*d + i
         self.qkv = keras.layers.Dense(3 * filters, name="qkv", dtype=dt)
-        self.proj = keras.layers.Dense(filters, name="proj", dtype=dt)
+        self.proj = keras.layers.Dense(self.output_filters, name="proj", dtype=dt)
+        if bias_type == "mlp":
+            # float32 like the table, whatever the policy.
+            self.relative_mlp1 = keras.layers.Dense(
+                mlp_dim, activation="relu", name="relative_mlp1", dtype="float32"
+            )
+            self.relative_mlp2 = keras.layers.Dense(
+                self.num_heads, name="relative_mlp2", dtype="float32"
+            )
 
     def build(self, input_shape):
         _, height, width, _ = input_shape
@@ -77,12 +135,17 @@ class RelativeAttention(keras.layers.Layer):
         self.qkv.build(input_shape)
         self.proj.build(input_shape[:-1] + (self.filters,))
         table_rows = (2 * self.height - 1) * (2 * self.width - 1)
-        self.relative_table = self.add_weight(
-            shape=(table_rows, self.num_heads),
-            initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-            name="relative_table",
-            autocast=False,
-        )
+        if self.bias_type == "table":
+            self.relative_table = self.add_weight(
+                shape=(table_rows, self.num_heads),
+                initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+                name="relative_table",
+                autocast=False,
+            )
+        else:
+            self.log_coords = relative_log_coords(self.height, self.width)
+            self.relative_mlp1.build((None, 2))
+            self.relative_mlp2.build((None, self.mlp_dim))
         self.index = relative_position_index(self.height, self.width)
         if self.cache_bias:
             tokens = self.height * self.width
@@ -105,16 +168,22 @@ class RelativeAttention(keras.layers.Layer):
                 aggregation="only_first_replica",
             )
 
+    def table(self):
+        """The live `((2H-1)(2W-1), heads)` float32 table of w[i-j]."""
+        if self.bias_type == "table":
+            return ops.convert_to_tensor(self.relative_table)
+        return self.relative_mlp2(self.relative_mlp1(ops.convert_to_tensor(self.log_coords)))
+
     def relative_bias(self, table=None):
         """Gather the `(heads, HW, HW)` float32 bias from the table."""
-        table = self.relative_table if table is None else table
+        table = self.table() if table is None else table
         tokens = self.height * self.width
         bias = ops.take(table, self.index.reshape(-1), axis=0)  # (N*N, heads)
         bias = ops.reshape(bias, (tokens, tokens, self.num_heads))
         return ops.transpose(bias, (2, 0, 1))
 
     def _inference_bias(self):
-        table = ops.convert_to_tensor(self.relative_table)
+        table = self.table()
         fresh = ops.all(ops.equal(table, self.cached_table))
         if keras.backend.backend() == "tensorflow":
             # tf.cond runs one branch: no gather while the cache is fresh.
@@ -168,23 +237,33 @@ class RelativeAttention(keras.layers.Layer):
         return ops.matmul(ops.cast(attn, v.dtype), v)  # (B, heads, N, d)
 
     def compute_output_shape(self, input_shape):
-        return input_shape[:-1] + (self.filters,)
+        return input_shape[:-1] + (self.output_filters,)
 
     def compute_output_spec(self, inputs, training=None):
         # Building a functional model must not trace the cache update.
         return keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype=self.compute_dtype)
 
     def save_own_variables(self, store):
-        # Only the table is saved; the cache is derived state.
-        store["0"] = self.relative_table
+        # Only the table is saved; the cache is derived state. The bias MLP's
+        # variables are saved by its own Dense layers.
+        if self.bias_type == "table":
+            store["0"] = self.relative_table
 
     def load_own_variables(self, store):
-        if list(store.keys()) != ["0"]:
+        expected = ["0"] if self.bias_type == "table" else []
+        if list(store.keys()) != expected:
             raise ValueError(
-                f"Layer {self.name!r} expects 1 saved variable (relative_table), "
-                f"found {len(store.keys())}"
+                f"Layer {self.name!r} expects {len(expected)} saved variable(s) of its own "
+                f"(bias_type={self.bias_type!r}), found {len(store.keys())}"
             )
-        self.relative_table.assign(store["0"])
+        if self.bias_type == "table":
+            table = np.asarray(store["0"])
+            if table.shape != tuple(self.relative_table.shape):
+                # Saved at another feature size: resize as timm does (square source).
+                table = resize_relative_table(
+                    table, _square_side(table, self.name), (self.height, self.width)
+                )
+            self.relative_table.assign(table)
         if self.cache_bias:
             self.cached_table.assign(ops.full(self.cached_table.shape, float("nan")))
 
@@ -194,6 +273,9 @@ class RelativeAttention(keras.layers.Layer):
             {
                 "filters": self.filters,
                 "head_size": self.head_size,
+                "output_filters": self.output_filters,
+                "bias_type": self.bias_type,
+                "mlp_dim": self.mlp_dim,
                 "cache_bias": self.cache_bias,
             }
         )

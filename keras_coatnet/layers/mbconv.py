@@ -3,26 +3,28 @@
 import keras
 from keras import ops
 
-from keras_coatnet.layers._common import gelu, pad_symmetric, pool2x2, pooled_shape
+from keras_coatnet.layers._common import activation, pad_symmetric, pool2x2, pooled_shape
 from keras_coatnet.layers.drop_path import DropPath
 
 
 @keras.saving.register_keras_serializable(package="keras_coatnet")
 class SqueezeExcite(keras.layers.Layer):
-    """Squeeze-excite: global mean -> 1x1 conv -> SiLU -> 1x1 conv -> sigmoid gate.
+    """Squeeze-excite: global mean -> 1x1 conv -> act -> 1x1 conv -> sigmoid gate.
 
     Args:
         filters: Channels of the input and output.
         bottleneck: Channels of the squeezed representation.
+        activation: `"silu"` (paper) or `"relu"`. Defaults to `"silu"`.
 
     Call arguments:
         inputs: NHWC feature map with `filters` channels.
     """
 
-    def __init__(self, filters, bottleneck, **kwargs):
+    def __init__(self, filters, bottleneck, activation="silu", **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.bottleneck = bottleneck
+        self.activation = activation
         dt = self.dtype_policy
         self.reduce = keras.layers.Conv2D(bottleneck, 1, name="reduce", dtype=dt)
         self.expand = keras.layers.Conv2D(filters, 1, name="expand", dtype=dt)
@@ -34,7 +36,7 @@ class SqueezeExcite(keras.layers.Layer):
     def call(self, inputs):
         # squeeze: (B, 1, 1, C)
         s = ops.mean(inputs, axis=(1, 2), keepdims=True)
-        s = ops.silu(self.reduce(s))
+        s = activation(self.reduce(s), self.activation)
         # excite
         return inputs * ops.sigmoid(self.expand(s))
 
@@ -43,7 +45,9 @@ class SqueezeExcite(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"filters": self.filters, "bottleneck": self.bottleneck})
+        config.update(
+            {"filters": self.filters, "bottleneck": self.bottleneck, "activation": self.activation}
+        )
         return config
 
 
@@ -52,25 +56,40 @@ class MBConvBlock(keras.layers.Layer):
     """Pre-norm inverted bottleneck, paper eq. (5) and appendix A.1.
 
     `x <- shortcut(x) + DropPath(Conv1x1(SE(DWConv3x3(Conv1x1(BN(x))))))`,
-    with BatchNorm + GELU after the expansion and the depthwise convolution.
-    With `strides=2` the depthwise convolution strides and the shortcut is
-    2x2 pooling followed by a 1x1 convolution (with bias) when the width
+    with BatchNorm + activation after the expansion and the depthwise
+    convolution. With `strides=2` the depthwise convolution strides (or, with
+    `stride_mode="pool"`, a 2x2 average pool after the pre-norm does) and the
+    shortcut is stride-2 pooling followed by a 1x1 convolution when the width
     changes; otherwise the shortcut is the identity.
+
+    The defaults are the paper's block (timm's `coatnet_N_224`); the other
+    options express timm's rw variants (see `CoAtNetConfig`).
 
     Args:
         input_filters: Channels of the input.
         filters: Channels of the output.
         strides: 1 or 2.
-        expand_ratio: Expansion of the bottleneck relative to `filters`.
-            Defaults to `4.0`.
-        se_ratio: Squeeze-excite bottleneck relative to `filters`.
-            Defaults to `0.25`.
+        expand_ratio: Expansion of the bottleneck. Defaults to `4.0`.
+        expand_from: Expand the `"output"` channels (paper) or the `"input"`
+            channels. Defaults to `"output"`.
+        se_ratio: Squeeze-excite bottleneck ratio. Defaults to `0.25`.
+        se_from: The bottleneck is `se_ratio` times the `"output"` (paper)
+            or the `"hidden"` channels. Defaults to `"output"`.
+        se_activation: `"silu"` or `"relu"` inside squeeze-excite.
+        se_before_norm: Squeeze-excite between the depthwise conv and its
+            norm. Defaults to `False`.
+        activation: `"gelu"` or `"silu"` after the norms. Defaults to `"gelu"`.
+        pre_norm_activation: Also apply `activation` after the pre-norm.
+            Defaults to `False`.
+        output_bias: Bias on the last 1x1 conv and the shortcut projection.
+            Defaults to `True`.
+        stride_mode: `"depthwise"` or `"pool"`. Defaults to `"depthwise"`.
         drop_path_rate: Stochastic depth rate of the branch. Defaults to `0`.
         bn_epsilon: BatchNorm epsilon. Defaults to `1e-5`.
         bn_momentum: BatchNorm momentum. Defaults to `0.9`.
         approximate_gelu: Use the tanh GELU. Defaults to `False`.
         padding: `"symmetric"` or `"same"` for the strided depthwise conv.
-        pool_type: `"avg"` or `"max"` for the shortcut pooling.
+        pool_type: `"avg"`, `"max"` or `"max3"` for the shortcut pooling.
 
     Call arguments:
         inputs: NHWC feature map with `input_filters` channels.
@@ -83,7 +102,15 @@ class MBConvBlock(keras.layers.Layer):
         filters,
         strides=1,
         expand_ratio=4.0,
+        expand_from="output",
         se_ratio=0.25,
+        se_from="output",
+        se_activation="silu",
+        se_before_norm=False,
+        activation="gelu",
+        pre_norm_activation=False,
+        output_bias=True,
+        stride_mode="depthwise",
         drop_path_rate=0.0,
         bn_epsilon=1e-5,
         bn_momentum=0.9,
@@ -95,18 +122,38 @@ class MBConvBlock(keras.layers.Layer):
         super().__init__(**kwargs)
         if strides not in (1, 2):
             raise ValueError(f"strides must be 1 or 2, received: {strides!r}")
+        if expand_from not in ("output", "input"):
+            raise ValueError(f"expand_from must be 'output' or 'input', received: {expand_from!r}")
+        if se_from not in ("output", "hidden"):
+            raise ValueError(f"se_from must be 'output' or 'hidden', received: {se_from!r}")
+        if stride_mode not in ("depthwise", "pool"):
+            raise ValueError(
+                f"stride_mode must be 'depthwise' or 'pool', received: {stride_mode!r}"
+            )
         self.input_filters = input_filters
         self.filters = filters
         self.strides = strides
         self.expand_ratio = expand_ratio
+        self.expand_from = expand_from
         self.se_ratio = se_ratio
+        self.se_from = se_from
+        self.se_activation = se_activation
+        self.se_before_norm = se_before_norm
+        self.activation = activation
+        self.pre_norm_activation = pre_norm_activation
+        self.output_bias = output_bias
+        self.stride_mode = stride_mode
         self.drop_path_rate = drop_path_rate
         self.bn_epsilon = bn_epsilon
         self.bn_momentum = bn_momentum
         self.approximate_gelu = approximate_gelu
         self.padding = padding
         self.pool_type = pool_type
-        self.hidden_filters = int(filters * expand_ratio)
+        base = filters if expand_from == "output" else input_filters
+        self.hidden_filters = int(base * expand_ratio)
+        se_base = filters if se_from == "output" else self.hidden_filters
+        # Where the stride goes: the depthwise conv, or a pool before conv1.
+        self.dw_strides = strides if stride_mode == "depthwise" else 1
         dt = self.dtype_policy
 
         def bn(name):
@@ -116,19 +163,32 @@ class MBConvBlock(keras.layers.Layer):
 
         self.shortcut = None
         if input_filters != filters:
-            self.shortcut = keras.layers.Conv2D(filters, 1, name="shortcut", dtype=dt)
+            self.shortcut = keras.layers.Conv2D(
+                filters, 1, use_bias=output_bias, name="shortcut", dtype=dt
+            )
         self.pre_norm = bn("pre_norm")
         self.conv1 = keras.layers.Conv2D(
             self.hidden_filters, 1, use_bias=False, name="conv1", dtype=dt
         )
         self.norm1 = bn("norm1")
-        dw_padding = "valid" if strides == 2 and padding == "symmetric" else "same"
+        symmetric = self.dw_strides == 2 and padding == "symmetric"
         self.conv2 = keras.layers.DepthwiseConv2D(
-            3, strides=strides, padding=dw_padding, use_bias=False, name="conv2", dtype=dt
+            3,
+            strides=self.dw_strides,
+            padding="valid" if symmetric else "same",
+            use_bias=False,
+            name="conv2",
+            dtype=dt,
         )
         self.norm2 = bn("norm2")
-        self.se = SqueezeExcite(self.hidden_filters, int(se_ratio * filters), name="se", dtype=dt)
-        self.conv3 = keras.layers.Conv2D(filters, 1, name="conv3", dtype=dt)
+        self.se = SqueezeExcite(
+            self.hidden_filters,
+            int(se_ratio * se_base),
+            activation=se_activation,
+            name="se",
+            dtype=dt,
+        )
+        self.conv3 = keras.layers.Conv2D(filters, 1, use_bias=output_bias, name="conv3", dtype=dt)
         self.drop_path = DropPath(drop_path_rate, name="drop_path", dtype=dt)
 
     def build(self, input_shape):
@@ -137,15 +197,20 @@ class MBConvBlock(keras.layers.Layer):
             pooled = pooled_shape(input_shape) if self.strides == 2 else input_shape
             self.shortcut.build(pooled)
         self.pre_norm.build(input_shape)
-        self.conv1.build(input_shape)
+        if self.strides == 2 and self.stride_mode == "pool":
+            height, width = height // 2, width // 2
+        self.conv1.build((batch, height, width, self.input_filters))
         hidden = (batch, height, width, self.hidden_filters)
         self.norm1.build(hidden)
-        pad = 2 if self.strides == 2 and self.padding == "symmetric" else 0
+        pad = 2 if self.dw_strides == 2 and self.padding == "symmetric" else 0
         self.conv2.build((batch, height + pad, width + pad, self.hidden_filters))
-        out = (batch, height // self.strides, width // self.strides, self.hidden_filters)
+        out = (batch, height // self.dw_strides, width // self.dw_strides, self.hidden_filters)
         self.norm2.build(out)
         self.se.build(out)
         self.conv3.build(out)
+
+    def _act(self, x):
+        return activation(x, self.activation, self.approximate_gelu)
 
     def call(self, inputs, training=None):
         shortcut = inputs
@@ -154,14 +219,21 @@ class MBConvBlock(keras.layers.Layer):
         if self.shortcut is not None:
             shortcut = self.shortcut(shortcut)
         x = self.pre_norm(inputs, training=training)
+        if self.pre_norm_activation:
+            x = self._act(x)
+        if self.strides == 2 and self.stride_mode == "pool":
+            x = pool2x2(x, "avg")
         # expand
-        x = gelu(self.norm1(self.conv1(x), training=training), self.approximate_gelu)
-        # depthwise
-        if self.strides == 2 and self.padding == "symmetric":
+        x = self._act(self.norm1(self.conv1(x), training=training))
+        # depthwise, with squeeze-excite after (paper) or before its norm
+        if self.dw_strides == 2 and self.padding == "symmetric":
             x = pad_symmetric(x)
-        x = gelu(self.norm2(self.conv2(x), training=training), self.approximate_gelu)
-        # squeeze-excite
-        x = self.se(x)
+        x = self.conv2(x)
+        if self.se_before_norm:
+            x = self.se(x)
+        x = self._act(self.norm2(x, training=training))
+        if not self.se_before_norm:
+            x = self.se(x)
         # project
         x = self.conv3(x)
         return shortcut + self.drop_path(x, training=training)
@@ -178,7 +250,15 @@ class MBConvBlock(keras.layers.Layer):
                 "filters": self.filters,
                 "strides": self.strides,
                 "expand_ratio": self.expand_ratio,
+                "expand_from": self.expand_from,
                 "se_ratio": self.se_ratio,
+                "se_from": self.se_from,
+                "se_activation": self.se_activation,
+                "se_before_norm": self.se_before_norm,
+                "activation": self.activation,
+                "pre_norm_activation": self.pre_norm_activation,
+                "output_bias": self.output_bias,
+                "stride_mode": self.stride_mode,
                 "drop_path_rate": self.drop_path_rate,
                 "bn_epsilon": self.bn_epsilon,
                 "bn_momentum": self.bn_momentum,

@@ -2,18 +2,21 @@
 
 import keras
 
-from keras_coatnet.layers._common import gelu, pad_symmetric
+from keras_coatnet.layers._common import activation, pad_symmetric
 
 
 @keras.saving.register_keras_serializable(package="keras_coatnet")
 class Stem(keras.layers.Layer):
-    """S0: conv 3x3 stride 2 -> BatchNorm -> GELU -> conv 3x3.
+    """S0: conv 3x3 stride 2 -> BatchNorm -> activation -> conv 3x3.
 
     The second convolution has no norm: the first MBConv block's pre-norm
     follows it, as in the paper and timm.
 
     Args:
-        filters: Output channels of both convolutions.
+        filters: Output channels.
+        hidden_filters: Channels of the first convolution; `None` for
+            `filters` (the paper; timm's rw variants use `filters // 2`).
+        activation: `"gelu"` (paper) or `"silu"`. Defaults to `"gelu"`.
         bn_epsilon: BatchNorm epsilon. Defaults to `1e-5`.
         bn_momentum: BatchNorm momentum (Keras convention). Defaults to `0.9`.
         approximate_gelu: Use the tanh GELU. Defaults to `False`.
@@ -28,6 +31,8 @@ class Stem(keras.layers.Layer):
     def __init__(
         self,
         filters,
+        hidden_filters=None,
+        activation="gelu",
         bn_epsilon=1e-5,
         bn_momentum=0.9,
         approximate_gelu=False,
@@ -36,6 +41,8 @@ class Stem(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.filters = filters
+        self.hidden_filters = hidden_filters or filters
+        self.activation = activation
         self.bn_epsilon = bn_epsilon
         self.bn_momentum = bn_momentum
         self.approximate_gelu = approximate_gelu
@@ -43,7 +50,7 @@ class Stem(keras.layers.Layer):
         dt = self.dtype_policy
         pad1 = "valid" if padding == "symmetric" else "same"
         self.conv1 = keras.layers.Conv2D(
-            filters, 3, strides=2, padding=pad1, use_bias=False, name="conv1", dtype=dt
+            self.hidden_filters, 3, strides=2, padding=pad1, use_bias=False, name="conv1", dtype=dt
         )
         self.norm1 = keras.layers.BatchNormalization(
             epsilon=bn_epsilon, momentum=bn_momentum, name="norm1", dtype=dt
@@ -56,14 +63,14 @@ class Stem(keras.layers.Layer):
         batch, height, width, channels = input_shape
         pad = 2 if self.padding == "symmetric" else 0
         self.conv1.build((batch, height + pad, width + pad, channels))
-        mid = (batch, height // 2, width // 2, self.filters)
+        mid = (batch, height // 2, width // 2, self.hidden_filters)
         self.norm1.build(mid)
         self.conv2.build(mid)
 
     def call(self, inputs, training=None):
         x = pad_symmetric(inputs) if self.padding == "symmetric" else inputs
         x = self.conv1(x)
-        x = gelu(self.norm1(x, training=training), self.approximate_gelu)
+        x = activation(self.norm1(x, training=training), self.activation, self.approximate_gelu)
         return self.conv2(x)
 
     def compute_output_shape(self, input_shape):
@@ -75,6 +82,8 @@ class Stem(keras.layers.Layer):
         config.update(
             {
                 "filters": self.filters,
+                "hidden_filters": self.hidden_filters,
+                "activation": self.activation,
                 "bn_epsilon": self.bn_epsilon,
                 "bn_momentum": self.bn_momentum,
                 "approximate_gelu": self.approximate_gelu,

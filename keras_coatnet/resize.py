@@ -1,0 +1,184 @@
+"""Resizing a relative position bias table to a new feature-map size.
+
+A checkpoint trained at one resolution holds, per transformer block, a table
+of `(2H-1)(2W-1)` relative offsets by `heads`; a model built for another
+resolution needs `(2H'-1)(2W'-1)` rows. `resize_relative_table` computes the
+new table with exactly timm's numbers (`timm.layers.resize_rel_pos_bias_table`,
+its default path without scipy, as used by `timm.models.maxxvit` when it loads
+a CoAtNet checkpoint at another image size), in NumPy only.
+
+timm's method, from BEiT: along each axis the source offsets `0, ±1, ..., ±n`
+are placed at the non-uniform coordinates `0, ±1, ±(1+q), ±(1+q+q^2), ...`,
+with the ratio `q` in `[1.01, 1.5]` found by bisection so that the outermost
+coordinate reaches the outermost destination offset. The destination table
+is that grid bilinearly interpolated at the integer offsets, clamped at the
+edges. Small offsets, where the bias varies most, are kept nearly as they
+were and the large ones are stretched.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def _size_pair(name, size):
+    """`size` as a `(height, width)` tuple of positive Python ints."""
+    pair = (size, size) if isinstance(size, numbers.Integral) else size
+    try:
+        pair = tuple(pair)
+    except TypeError:
+        pair = None
+    if (
+        pair is None
+        or len(pair) != 2
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair)
+        or isinstance(size, bool)
+        or min(pair) < 1
+    ):
+        raise ValueError(
+            f"{name}={size!r} is not a feature-map size; expected a positive int "
+            "or a (height, width) pair of positive ints"
+        )
+    return int(pair[0]), int(pair[1])
+
+
+def _source_coordinates(src, dst):
+    """Coordinates of a source table axis of length `src`, as timm's `_calc`.
+
+    Args:
+        src: Source table length along the axis, `2 * old_size - 1`.
+        dst: Destination table length along the axis, `2 * new_size - 1`.
+
+    Returns:
+        A float32 array of `src` increasing coordinates, symmetric about 0.
+    """
+    # Float64 Python arithmetic, step for step as timm: the ratio is the last
+    # midpoint of the bisection (not either bound), and the coordinates are
+    # rounded to float32 only at the end (timm's `torch.tensor(list)`).
+    left, right = 1.01, 1.5
+    while right - left > 1e-6:
+        q = (left + right) / 2.0
+        if (1.0 - q ** (src // 2)) / (1.0 - q) > dst // 2:
+            right = q
+        else:
+            left = q
+    dis = []
+    cur = 1
+    for i in range(src // 2):
+        dis.append(cur)
+        cur += q ** (i + 1)
+    return np.array([-d for d in reversed(dis)] + [0] + dis, dtype=np.float32)
+
+
+def _axis_weights(points, targets):
+    """Bracketing indices and distances along one axis, as timm's interpolator.
+
+    Args:
+        points: Increasing float32 source coordinates.
+        targets: Float32 coordinates to interpolate at.
+
+    Returns:
+        `(idx_left, idx_right, dist_left, dist_right)`; the weight of
+        `idx_left` is `dist_right` and vice versa. Outside the source range
+        both indices are the edge and all weight falls on it.
+    """
+    # torch.bucketize(x, p) with right=False is searchsorted side="left".
+    idx_right = np.searchsorted(points, targets, side="left")
+    idx_right = np.minimum(idx_right, len(points) - 1)
+    idx_left = np.clip(idx_right - 1, 0, len(points) - 1)
+    dist_left = np.maximum(targets - points[idx_left], np.float32(0))
+    dist_right = np.maximum(points[idx_right] - targets, np.float32(0))
+    both_zero = (dist_left == 0) & (dist_right == 0)
+    dist_left[both_zero] = 1
+    dist_right[both_zero] = 1
+    return idx_left, idx_right, dist_left, dist_right
+
+
+def resize_relative_table(table, old_size, new_size):
+    """Resizes a relative position bias table from one feature-map size to another.
+
+    Reproduces timm's `resize_rel_pos_bias_table` (default, non-scipy path)
+    with `old_window_size=old_size`, in the same float32 operations and order,
+    so the result matches timm's bit for bit. For a square
+    `old_size` this is also what timm's checkpoint filter computes, which
+    infers a square source window from the table length.
+
+    Two properties of timm's method carry over, on purpose:
+
+    - Shrinking does not rescale. With fewer destination offsets than
+      source offsets the bisection bottoms out at its lower bound,
+      `q ~ 1.01`, so source offset `k` sits at coordinate
+      `1 + 1.01 + ... + 1.01^(k-1)`, slightly beyond `k`, and the
+      destination offsets `-(n'-1) .. n'-1` land on the central part of the
+      source grid: the result is a center crop of the source table (offsets
+      beyond the new window are dropped), each value blended with its inner
+      neighbour by the accumulated 1% stretch (weight ~1% at offset 2, ~14%
+      at offset 6, ~61% at offset 12).
+    - Each axis is mapped separately, and an axis whose size does not change
+      is still resampled when the other one changes (timm interpolates as
+      soon as either axis differs): its ratio is also `q ~ 1.01`, so its
+      values come out blended in the same way rather than copied.
+
+    Growing by more than the ratio `q = 1.5` can cover (for example a 2x2
+    window to a large one) clamps the outer offsets to the source edge.
+
+    Args:
+        table: Array `[(2*oh - 1) * (2*ow - 1), heads]`, row-major over a
+            `(2*oh - 1, 2*ow - 1)` grid of offsets (timm's and Swin's layout,
+            see `relative_position_index`). Cast to float32 first, as timm does.
+        old_size: Feature-map size `(oh, ow)` the table was trained for; an int
+            means a square map.
+        new_size: Feature-map size `(nh, nw)` to resize to; an int means a
+            square map.
+
+    Returns:
+        A float32 array `[(2*nh - 1) * (2*nw - 1), heads]`. When the sizes are
+        equal, a float32 copy of `table`.
+
+    Raises:
+        ValueError: If a size is not a positive int or a pair of positive
+            ints, if `table` is not 2-D, or if its row count is not
+            `(2*oh - 1) * (2*ow - 1)`.
+    """
+    old_h, old_w = _size_pair("old_size", old_size)
+    new_h, new_w = _size_pair("new_size", new_size)
+    table = np.asarray(table)
+    if table.ndim != 2:
+        raise ValueError(f"table has shape {table.shape}; expected 2-D [(2*oh-1)*(2*ow-1), heads]")
+    src = (2 * old_h - 1, 2 * old_w - 1)
+    dst = (2 * new_h - 1, 2 * new_w - 1)
+    if table.shape[0] != src[0] * src[1]:
+        raise ValueError(
+            f"table has {table.shape[0]} rows; old_size=({old_h}, {old_w}) needs "
+            f"(2*{old_h}-1)*(2*{old_w}-1) = {src[0] * src[1]}"
+        )
+    table = table.astype(np.float32)  # always a copy
+    if src == dst:
+        return table
+
+    heads = table.shape[1]
+    values = table.reshape(src[0], src[1], heads)
+    # Destination offsets -(dst//2) .. dst//2, exact in float32.
+    targets = [np.arange(-(d // 2), d // 2 + 1).astype(np.float32) for d in dst]
+    axes = [
+        _axis_weights(_source_coordinates(s, d), t)
+        for s, d, t in zip(src, dst, targets, strict=True)
+    ]
+    (y_left, y_right, dy_left, dy_right), (x_left, x_right, dx_left, dx_right) = axes
+    y_idx, y_dist = (y_left, y_right), (dy_left, dy_right)
+    x_idx, x_dist = (x_left, x_right), (dx_left, dx_right)
+
+    # Sum over the four corners in timm's order, (left, left) first; each
+    # corner is weighted by the product of the opposite distances.
+    numerator = None
+    for a in (0, 1):
+        for b in (0, 1):
+            corner = values[y_idx[a][:, None], x_idx[b][None, :]]
+            weight = y_dist[1 - a][:, None] * x_dist[1 - b][None, :]
+            term = corner * weight[:, :, None]
+            numerator = term if numerator is None else numerator + term
+    denominator = (dy_left + dy_right)[:, None] * (dx_left + dx_right)[None, :]
+    out = numerator / denominator[:, :, None]
+    return out.reshape(dst[0] * dst[1], heads).astype(np.float32)
