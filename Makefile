@@ -24,11 +24,13 @@ lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# The test suite: lint, every test on TensorFlow, the layer and cache tests on JAX.
+# The test suite: lint, every test on TensorFlow, the layer, cache and two timm-parity tests on JAX.
 test: lint
 	$(PY) -m pytest -q
 	KERAS_BACKEND=jax $(PY) -m pytest -q tests/test_layers.py tests/test_bias_cache.py \
 		tests/test_model.py -k "not parameter_count and not macs and not 384 and not 224"
+	KERAS_BACKEND=jax $(PY) -m pytest -q tests/test_timm.py \
+		-k "converted_model_matches_timm and (coatnet_0_rw_224 or coatnet_rmlp_1_rw_224)"
 
 # CoAtNet-6/7 builds (billions of parameters, ~2 min, 6 GiB).
 test-slow: setup

@@ -96,7 +96,8 @@ def check_path(path) -> str:
 
 
 def _is_table(record) -> bool:
-    return record[0].split("/")[-1] == "attn" and list(record[1]) == ["0"] and len(record[1]["0"]) == 2
+    name, shapes = record
+    return name.split("/")[-1] == "attn" and list(shapes) == ["0"] and len(shapes["0"]) == 2
 
 
 def _resizable(stored, expected) -> bool:
