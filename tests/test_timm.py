@@ -243,3 +243,24 @@ def test_convert_script_writes_checks_and_hashes(tmp_path):
     digest = kc.weights.sha256_of(path)
     assert f"sha256 {digest}" in result.stdout
     assert "max abs diff" in result.stdout
+
+
+def test_convert_script_fails_beyond_tolerance_and_writes_nothing(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "..", "weights", "convert_timm.py")
+    result = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "coatnet_pico_rw_224",
+            "--output-dir",
+            str(tmp_path),
+            "--tolerance",
+            "1e-12",  # float32 cannot agree that closely
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 1
+    assert "does not match timm; nothing written" in result.stderr
+    assert not list(tmp_path.iterdir())

@@ -282,3 +282,41 @@ def test_registry_matches_timm():
         timm_default = f"{model}.{get_pretrained_cfg(model).tag}"
         if kw.REGISTRY[timm_default].num_classes == 1000:
             assert kw.default_tag(model) == timm_default
+
+
+# -- the builders' weights= argument ------------------------------------------
+
+
+def test_create_model_fetches_a_published_tag_and_loads_it(tmp_path, monkeypatch):
+    import numpy as np
+
+    import keras_coatnet as kc
+
+    name, tag = "coatnet_pico_rw_224", "coatnet_pico_rw_224.sw_local"
+    source_model = kc.create_model(name, input_shape=(64, 64, 3))
+    serve_dir = tmp_path / "server"
+    serve_dir.mkdir()
+    source = serve_dir / f"{tag}.weights.h5"
+    source_model.save_weights(str(source))
+    monkeypatch.setenv(kw.URL_ENV, serve_dir.as_uri() + "/")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "home"))
+    entry = kw.WeightsEntry.from_tag(tag, sha256=kw.sha256_of(source))
+    with kw.registered(entry):
+        # "imagenet" is a 1000-class tag of timm's, not this one: ask by tag.
+        model = kc.create_model(name, input_shape=(64, 64, 3), weights="sw_local")
+        # The 224-size default also loads it: the relative tables are resized.
+        big = kc.create_model(name, weights=tag)
+    for ours, theirs in zip(model.get_weights(), source_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    x = np.random.RandomState(0).uniform(0, 255, (1, 224, 224, 3)).astype("float32")
+    assert np.isfinite(np.asarray(big(x))).all()
+    assert (tmp_path / "home" / kw.CACHE_SUBDIR / entry.file_name).is_file()
+
+
+def test_create_model_with_imagenet_names_the_convert_command():
+    import keras_coatnet as kc
+
+    with pytest.raises(ValueError, match=r"convert_timm\.py coatnet_0_rw_224\.sw_in1k"):
+        kc.create_model("coatnet_0_rw_224", weights="imagenet")
+    with pytest.raises(ValueError, match="no pretrained weights exist for model 'coatnet-1'"):
+        kc.CoAtNet1(weights="imagenet")
