@@ -19,6 +19,8 @@ setup(
         # The PyTorch reference for conversion and parity tests. A pinned pair
         # whose torchvision imports beside its torch (timm needs torchvision);
         # see the README's developer section.
+        # The serving client example (PredictRequest protos).
+        "serving": ["tensorflow-serving-api<3"],
         "timm": ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31"],
     },
 )

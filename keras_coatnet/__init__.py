@@ -6,6 +6,7 @@ model = keras_coatnet.CoAtNet1(weights=None, input_shape=(384, 384, 3))
 
 from keras_coatnet import convert, layers, weights  # noqa: F401 - layers registers every layer
 from keras_coatnet.configs import CONFIGS, CoAtNetConfig, StageConfig, get_config
+from keras_coatnet.export import export
 from keras_coatnet.imagenet_utils import decode_predictions, preprocess_input
 from keras_coatnet.loading import load_weights
 from keras_coatnet.model import (
@@ -41,6 +42,7 @@ __all__ = [
     "CoAtNetConfig",
     "Profile",
     "create_model",
+    "export",
     "list_models",
     "resize_relative_table",
     "StageConfig",

@@ -91,7 +91,7 @@ def _convert(model, **kwargs):
 def _check_parity(torch, name):
     reference = _timm_model(torch, name)
     model = _convert(reference)
-    x = _inputs(224)
+    x = _inputs(reference.img_size[0])
     want = _run_timm(torch, reference, x)
     got = keras.ops.convert_to_numpy(model(x, training=False))
     assert np.abs(want).max() > 0.1  # not trivially small

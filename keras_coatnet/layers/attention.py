@@ -111,6 +111,8 @@ class RelativeAttention(keras.layers.Layer):
         self.mlp_dim = mlp_dim
         self.cache_bias = cache_bias
         self.num_heads = filters // head_size
+        # Set (a NumPy bias) only while `keras_coatnet.export` traces the model.
+        self.frozen_bias = None
         dt = self.dtype_policy
         # q, k, v in one projection, head-major: channel = head*3*d + {q,k,v}*d + i
         self.qkv = keras.layers.Dense(3 * filters, name="qkv", dtype=dt)
@@ -221,7 +223,10 @@ class RelativeAttention(keras.layers.Layer):
         q = q * ops.cast(1.0 / math.sqrt(dim), q.dtype)
         # (B, heads, N, N), in float32 for the softmax
         logits = ops.cast(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))), "float32")
-        if self.cache_bias and not training:
+        if self.frozen_bias is not None and not training:
+            # Export: the bias is a constant of the traced graph.
+            bias = ops.convert_to_tensor(self.frozen_bias)
+        elif self.cache_bias and not training:
             bias = self._inference_bias()
         else:
             bias = self.relative_bias()

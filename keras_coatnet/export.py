@@ -1,0 +1,303 @@
+"""Export a CoAtNet as a SavedModel that TF Serving loads as it is.
+
+    keras_coatnet.export(model, "serving/coatnet")   # writes serving/coatnet/1/
+
+Signatures (names are the serving API):
+
+- `serving_default`: `images`, float32 `[batch, H, W, 3]`, pixels in 0..255
+  at the model's fixed size -> `probabilities` float32 `[batch, classes]`
+  (or `logits`), `top_k_indices` int32 `[batch, k]`, `top_k_scores` float32
+  `[batch, k]` (the same quantity as the first output).
+- `serving_bytes`: `image_bytes`, string `[batch]` of encoded JPEG/PNG/GIF/BMP
+  (the REST API's `{"b64": ...}`) -> the same outputs. Each image is decoded
+  to RGB, resized so its shorter side is `H / crop_pct` (or both sides, for
+  `crop_mode="squash"`), and centre-cropped to `H x W`: timm's evaluation
+  transform, with TensorFlow's bicubic/bilinear kernels instead of PIL's.
+
+The relative attention biases are gathered once at export and enter the
+serving graph as constants: the exported graph has no gather and no variable
+update, so concurrent requests share nothing mutable. Only TensorFlow can
+write SavedModels; a model built on another backend is exported after
+moving its weights into a TensorFlow-backend process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+
+import keras
+
+from keras_coatnet.layers import RelativeAttention
+
+OUTPUTS = ("probabilities", "logits")
+CROP_MODES = ("center", "squash")
+INTERPOLATIONS = ("bicubic", "bilinear")
+SIGNATURE_IMAGES = "serving_default"
+SIGNATURE_BYTES = "serving_bytes"
+
+
+@contextlib.contextmanager
+def frozen_biases(model):
+    """Within the block, every attention layer uses its bias as a constant."""
+    layers = [layer for layer in _walk(model) if isinstance(layer, RelativeAttention)]
+    try:
+        for layer in layers:
+            layer.frozen_bias = keras.ops.convert_to_numpy(layer.relative_bias()).astype("float32")
+        yield layers
+    finally:
+        for layer in layers:
+            layer.frozen_bias = None
+
+
+def _walk(layer):
+    yield layer
+    for sub in getattr(layer, "_layers", []) or []:
+        yield from _walk(sub)
+
+
+def _head_activation(model):
+    try:
+        head = model.get_layer("predictions")
+    except ValueError:
+        raise ValueError(
+            "export needs a classifier: build the model with include_top=True"
+        ) from None
+    return keras.activations.serialize(head.activation)
+
+
+def _check(model, outputs, top_k, crop_pct, crop_mode, interpolation):
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"export writes a TensorFlow SavedModel; the Keras backend is "
+            f"{keras.backend.backend()!r}. Save the weights and export from a process "
+            "with KERAS_BACKEND=tensorflow"
+        )
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"model must be a keras.Model, received: {model!r}")
+    if outputs not in OUTPUTS:
+        raise ValueError(f"outputs must be one of {OUTPUTS}, received: {outputs!r}")
+    if crop_mode not in CROP_MODES:
+        raise ValueError(f"crop_mode must be one of {CROP_MODES}, received: {crop_mode!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(
+            f"interpolation must be one of {INTERPOLATIONS}, received: {interpolation!r}"
+        )
+    if not 0.0 < crop_pct <= 1.0:
+        raise ValueError(f"crop_pct must be in (0, 1], received: {crop_pct!r}")
+    names = {layer.name for layer in model.layers}
+    if "preprocessing" not in names:
+        raise ValueError(
+            "export serves pixels in 0..255: build the model with include_preprocessing=True"
+        )
+    _, height, width, channels = model.input.shape
+    if None in (height, width) or channels != 3:
+        raise ValueError(f"export needs a fixed (H, W, 3) input, the model has {model.input.shape}")
+    classes = model.output.shape[-1]
+    if not isinstance(top_k, int) or not 1 <= top_k <= classes:
+        raise ValueError(f"top_k must be an int in [1, {classes}], received: {top_k!r}")
+    activation = _head_activation(model)
+    if outputs == "logits" and activation not in ("linear", None):
+        raise ValueError(
+            f"outputs='logits' needs a model built with classifier_activation=None; this "
+            f"head applies {activation!r}"
+        )
+    if outputs == "probabilities" and activation not in ("softmax", "linear", None):
+        raise ValueError(
+            f"outputs='probabilities' needs a softmax or linear head, this one applies "
+            f"{activation!r}"
+        )
+    return height, width, activation
+
+
+def _next_version(path):
+    versions = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
+    return max(versions, default=0) + 1
+
+
+def export(
+    model,
+    path,
+    version: int | None = None,
+    outputs: str = "probabilities",
+    top_k: int = 5,
+    crop_pct: float = 0.95,
+    crop_mode: str = "center",
+    interpolation: str = "bicubic",
+) -> str:
+    """Write `model` as TF Serving version directory `path/<version>/`.
+
+    Args:
+        model: A CoAtNet `keras.Model` with its head and built-in
+            preprocessing (`include_top=True, include_preprocessing=True`)
+            at a fixed input size.
+        path: The model's base directory (TF Serving's `--model_base_path`).
+        version: Version number; defaults to one more than the highest
+            existing version (1 for a new directory). An existing version
+            is never overwritten.
+        outputs: `"probabilities"` (softmax; the head may be softmax or
+            linear) or `"logits"` (the model must be built with
+            `classifier_activation=None`).
+        top_k: How many top classes to return. Defaults to `5`.
+        crop_pct: Centre-crop fraction of the bytes signature (timm's
+            `crop_pct`; 0.95 for most CoAtNet weights, see
+            `keras_coatnet.weights.eval_config`).
+        crop_mode: `"center"` (resize the shorter side) or `"squash"`
+            (resize both sides) before the crop.
+        interpolation: `"bicubic"` or `"bilinear"` resizing.
+
+    Returns:
+        The version directory written.
+
+    Raises:
+        ValueError: For a model that cannot be served this way, bad
+            arguments, or an existing version directory.
+    """
+    import tensorflow as tf
+
+    height, width, activation = _check(model, outputs, top_k, crop_pct, crop_mode, interpolation)
+    path = os.fspath(path)
+    version = _next_version(path) if version is None else version
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"version must be a positive int, received: {version!r}")
+    target = os.path.join(path, str(version))
+    if os.path.exists(target):
+        raise ValueError(f"{target!r} exists; TF Serving versions are immutable, pick another")
+    softmax = outputs == "probabilities" and activation in ("linear", None)
+
+    def predict(images):
+        tf.debugging.assert_equal(
+            tf.shape(images)[1:],
+            tf.constant([height, width, 3]),
+            message=f"images must be float32 [batch, {height}, {width}, 3] pixels in 0..255",
+        )
+        scores = tf.cast(model(images, training=False), tf.float32)
+        if softmax:
+            scores = tf.nn.softmax(scores, axis=-1)
+        top = tf.math.top_k(scores, k=top_k)
+        return {
+            outputs: scores,
+            "top_k_indices": tf.cast(top.indices, tf.int32),
+            "top_k_scores": top.values,
+        }
+
+    resize_method = "bicubic" if interpolation == "bicubic" else "bilinear"
+    scale = 1.0 / crop_pct
+
+    def decode_one(data):
+        tf.debugging.assert_greater(
+            tf.strings.length(data), 0, message="image_bytes holds an empty string"
+        )
+        is_jpeg = tf.strings.substr(data, 0, 2) == b"\xff\xd8"
+        complete = tf.strings.substr(data, -2, 2) == b"\xff\xd9"
+        tf.debugging.assert_equal(
+            tf.logical_or(tf.logical_not(is_jpeg), complete),
+            True,
+            message="image_bytes holds a truncated JPEG (no end-of-image marker)",
+        )
+        image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+        image = tf.cast(image, tf.float32)
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        target_hw = tf.constant([height, width], tf.float32) * scale
+        if crop_mode == "center":
+            ratio = tf.reduce_max(target_hw / shape)  # shorter side to the target
+            size = tf.cast(tf.math.round(shape * ratio), tf.int32)
+            size = tf.maximum(size, tf.constant([height, width]))
+        else:
+            size = tf.cast(tf.math.round(target_hw), tf.int32)
+        image = tf.image.resize(image, size, method=resize_method, antialias=True)
+        top = (size[0] - height) // 2
+        left = (size[1] - width) // 2
+        image = image[top : top + height, left : left + width]
+        return tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), (height, width, 3))
+
+    def predict_bytes(image_bytes):
+        images = tf.map_fn(
+            decode_one,
+            image_bytes,
+            fn_output_signature=tf.TensorSpec((height, width, 3), tf.float32),
+        )
+        return predict(images)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    # Tracing happens as late as write_out: keep the biases frozen until then.
+    with frozen_biases(model):
+        archive.add_endpoint(
+            SIGNATURE_IMAGES,
+            predict,
+            input_signature=[tf.TensorSpec((None, height, width, 3), tf.float32, name="images")],
+        )
+        archive.add_endpoint(
+            SIGNATURE_BYTES,
+            predict_bytes,
+            input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")],
+        )
+        os.makedirs(path, exist_ok=True)
+        archive.write_out(target, verbose=False)
+    return target
+
+
+def gather_ops(saved_model_dir, signature=SIGNATURE_IMAGES) -> list[str]:
+    """Names of gather ops in a loaded signature's graph and its functions."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(saved_model_dir)
+    graph_def = loaded.signatures[signature].graph.as_graph_def()
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        nodes.extend(function.node_def)
+    # Dense layers on 4-D maps gather static shape entries (Tensordot); those
+    # are not table lookups.
+    return [node.name for node in nodes if "Gather" in node.op and "Tensordot" not in node.name]
+
+
+def main(argv=None) -> int:
+    """`python -m keras_coatnet.export MODEL --weights FILE --output DIR`."""
+    parser = argparse.ArgumentParser(description="Export a CoAtNet for TF Serving.")
+    parser.add_argument("model", help="architecture name, see keras_coatnet.list_models()")
+    parser.add_argument("--weights", help="a .weights.h5 file, 'imagenet' or a tag")
+    parser.add_argument("--output", required=True, help="model base directory")
+    parser.add_argument("--image-size", type=int, help="input side (default: the variant's)")
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--version", type=int)
+    parser.add_argument("--outputs", choices=OUTPUTS, default="probabilities")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--crop-pct", type=float, default=0.95)
+    parser.add_argument("--crop-mode", choices=CROP_MODES, default="center")
+    parser.add_argument("--interpolation", choices=INTERPOLATIONS, default="bicubic")
+    args = parser.parse_args(argv)
+    from keras_coatnet.model import create_model
+
+    try:
+        kwargs = {}
+        if args.image_size:
+            kwargs["input_shape"] = (args.image_size, args.image_size, 3)
+        model = create_model(
+            args.model,
+            weights=args.weights,
+            classes=args.classes,
+            classifier_activation=None if args.outputs == "logits" else "softmax",
+            **kwargs,
+        )
+        target = export(
+            model,
+            args.output,
+            version=args.version,
+            outputs=args.outputs,
+            top_k=args.top_k,
+            crop_pct=args.crop_pct,
+            crop_mode=args.crop_mode,
+            interpolation=args.interpolation,
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""SavedModel export for TF Serving: signatures, frozen biases, bad requests."""
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+from helpers import images, randomize, tiny_model
+
+import keras_coatnet as kc
+from keras_coatnet.export import gather_ops
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="SavedModel export is TensorFlow-only"
+)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A randomized tiny model, exported twice: default crop, and crop_pct=1."""
+    keras.utils.set_random_seed(0)
+    model = tiny_model()
+    randomize(model)
+    base = tmp_path_factory.mktemp("serving") / "coatnet"
+    first = kc.export(model, base)
+    second = kc.export(model, base, crop_pct=1.0)
+    return model, str(base), first, second
+
+
+def _png(pixels):
+    import tensorflow as tf
+
+    return tf.io.encode_png(tf.cast(pixels, tf.uint8)).numpy()
+
+
+def test_versions_follow_tf_serving_layout(exported):
+    model, base, first, second = exported
+    assert first == os.path.join(base, "1") and second == os.path.join(base, "2")
+    assert os.path.isfile(os.path.join(first, "saved_model.pb"))
+    with pytest.raises(ValueError, match="exists"):
+        kc.export(model, base, version=1)
+
+
+def test_fresh_process_reproduces_predict_on_both_signatures(exported, tmp_path):
+    model, _, first, second = exported
+    x = np.round(images((3, 64, 64, 3)))  # whole pixel values survive PNG
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "expected.npy", model.predict(x, verbose=0))
+    pngs = [_png(image) for image in x]
+    with open(tmp_path / "pngs.json", "w") as f:
+        json.dump([p.hex() for p in pngs], f)
+    code = textwrap.dedent(
+        f"""
+        import json, sys
+        import numpy as np
+        import tensorflow as tf
+        x = np.load({str(tmp_path / "x.npy")!r})
+        expected = np.load({str(tmp_path / "expected.npy")!r})
+        pngs = [bytes.fromhex(h) for h in json.load(open({str(tmp_path / "pngs.json")!r}))]
+        loaded = tf.saved_model.load({first!r})  # kept referenced while called
+        out = loaded.signatures["serving_default"](images=tf.constant(x))
+        dense = np.abs(out["probabilities"].numpy() - expected).max()
+        order = np.argsort(-expected, axis=1)[:, :5]
+        assert (out["top_k_indices"].numpy() == order).all()
+        cropless = tf.saved_model.load({second!r})
+        out = cropless.signatures["serving_bytes"](image_bytes=tf.constant(pngs))
+        encoded = np.abs(out["probabilities"].numpy() - expected).max()
+        assert "keras_coatnet" not in sys.modules
+        print("diffs", dense, encoded)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    dense, encoded = map(float, result.stdout.split("diffs")[-1].split())
+    assert dense <= 1e-5 and encoded <= 1e-5
+
+
+def test_saved_model_cli_lists_the_documented_signatures(exported):
+    _, _, first, _ = exported
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    shown = subprocess.run(
+        [cli, "show", "--dir", first, "--all"], capture_output=True, text=True
+    ).stdout
+    default = shown.split("signature_def['serving_default']")[1]
+    encoded = shown.split("signature_def['serving_bytes']")[1].split("signature_def[")[0]
+    assert "inputs['images']" in default and "shape: (-1, 64, 64, 3)" in default
+    assert "dtype: DT_FLOAT" in default.split("outputs")[0]
+    assert "inputs['image_bytes']" in encoded and "dtype: DT_STRING" in encoded
+    assert "shape: (-1)" in encoded
+    for name, dtype, shape in (
+        ("probabilities", "DT_FLOAT", "(-1, 10)"),
+        ("top_k_indices", "DT_INT32", "(-1, 5)"),
+        ("top_k_scores", "DT_FLOAT", "(-1, 5)"),
+    ):
+        part = default.split(f"outputs['{name}']")[1].split("outputs[")[0]
+        assert dtype in part and shape in part, (name, part)
+
+
+def test_serving_graph_has_no_gather_on_the_bias(exported, tmp_path):
+    model, _, first, _ = exported
+    assert gather_ops(first) == [] and gather_ops(first, "serving_bytes") == []
+    # The check can fail: Keras's own export gathers the table (in the cache branch).
+    plain = str(tmp_path / "plain")
+    model.export(plain, format="tf_saved_model", verbose=False)
+    assert any("attn" in name for name in gather_ops(plain, "serve"))
+
+
+def test_concurrent_calls_match_serial_calls(exported):
+    import tensorflow as tf
+
+    _, _, first, _ = exported
+    loaded = tf.saved_model.load(first)
+    serve = loaded.signatures["serving_default"]
+    batches = [images((2, 64, 64, 3), seed=s) for s in range(8)]
+    serial = [serve(images=tf.constant(b))["probabilities"].numpy() for b in batches]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        parallel = list(
+            pool.map(lambda b: serve(images=tf.constant(b))["probabilities"].numpy(), batches)
+        )
+    for a, b in zip(serial, parallel, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda jpeg, png: b"", "empty string"),
+        (lambda jpeg, png: b"this is not an image", "Unknown image file format"),
+        (lambda jpeg, png: jpeg[: len(jpeg) // 2], "truncated JPEG"),
+        (lambda jpeg, png: png[: len(png) // 2], "PNG|png|Invalid|truncated"),
+    ],
+    ids=["empty", "not-an-image", "truncated-jpeg", "truncated-png"],
+)
+def test_malformed_bytes_fail_that_request_clearly(exported, make, message):
+    import tensorflow as tf
+
+    _, _, first, _ = exported
+    loaded = tf.saved_model.load(first)
+    pixels = images((1, 64, 64, 3))[0]
+    jpeg = tf.io.encode_jpeg(tf.cast(pixels, tf.uint8)).numpy()
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        loaded.signatures["serving_bytes"](image_bytes=tf.constant([make(jpeg, _png(pixels))]))
+    # The next, well-formed request is served.
+    good = loaded.signatures["serving_bytes"](image_bytes=tf.constant([jpeg]))
+    assert good["probabilities"].shape == (1, 10)
+
+
+def test_wrong_shaped_images_are_rejected(exported):
+    import tensorflow as tf
+
+    _, _, first, _ = exported
+    loaded = tf.saved_model.load(first)
+    for bad in (np.zeros((1, 32, 32, 3), "float32"), np.zeros((1, 64, 64, 1), "float32")):
+        with pytest.raises((tf.errors.InvalidArgumentError, ValueError, TypeError)):
+            loaded.signatures["serving_default"](images=tf.constant(bad))
+
+
+def test_export_rejects_models_it_cannot_serve(tmp_path):
+    with pytest.raises(ValueError, match="include_preprocessing=True"):
+        kc.export(tiny_model(include_preprocessing=False), tmp_path / "a")
+    with pytest.raises(ValueError, match="include_top=True"):
+        kc.export(tiny_model(include_top=False, pooling="avg"), tmp_path / "b")
+    with pytest.raises(ValueError, match="classifier_activation=None"):
+        kc.export(tiny_model(), tmp_path / "c", outputs="logits")
+    with pytest.raises(ValueError, match="top_k"):
+        kc.export(tiny_model(), tmp_path / "d", top_k=11)
+    assert not os.path.exists(tmp_path / "a")
+
+
+def test_logits_export_and_frozen_state_is_restored(tmp_path):
+    import tensorflow as tf
+
+    model = tiny_model(classifier_activation=None)
+    randomize(model)
+    target = kc.export(model, tmp_path / "logits", outputs="logits", top_k=3)
+    x = images()
+    out = tf.saved_model.load(target).signatures["serving_default"](images=tf.constant(x))
+    np.testing.assert_allclose(out["logits"].numpy(), model.predict(x, verbose=0), atol=1e-5)
+    attention = [
+        layer for layer in kc.export.__globals__["_walk"](model) if hasattr(layer, "frozen_bias")
+    ]
+    assert attention and all(layer.frozen_bias is None for layer in attention)
+
+
+def test_client_example_builds_real_requests(tmp_path):
+    pytest.importorskip("tensorflow_serving")
+    import base64
+
+    import tensorflow as tf
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+    import serving_client
+
+    path = tmp_path / "digit.png"
+    path.write_bytes(_png(images((1, 64, 64, 3))[0]))
+    body = serving_client.rest_body([str(path)])
+    assert body["signature_name"] == "serving_bytes"
+    assert base64.b64decode(body["instances"][0]["b64"]) == path.read_bytes()
+    request = serving_client.bytes_request([str(path)], "coatnet")
+    assert request.model_spec.signature_name == "serving_bytes"
+    assert tf.make_ndarray(request.inputs["image_bytes"])[0] == path.read_bytes()
+    dense = serving_client.images_request(np.zeros((2, 64, 64, 3), "float32"), "coatnet")
+    assert tf.make_ndarray(dense.inputs["images"]).shape == (2, 64, 64, 3)
+    # The command line prints both.
+    script = os.path.join(os.path.dirname(__file__), "..", "examples", "serving_client.py")
+    out = subprocess.run(
+        [sys.executable, script, str(path), "--size", "64"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "/v1/models/coatnet:predict" in out.stdout and '"b64"' in out.stdout
+    assert "serving_default, images (1, 64, 64, 3)" in out.stdout
+
+
+def test_export_command_writes_a_version(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keras_coatnet.export",
+            "coatnet-digits",
+            "--classes",
+            "10",
+            "--output",
+            str(tmp_path / "digits"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "digits" / "1" / "saved_model.pb").is_file()
+    bad = subprocess.run(
+        [sys.executable, "-m", "keras_coatnet.export", "coatnet-99", "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "Unknown CoAtNet variant 'coatnet-99'" in bad.stderr
