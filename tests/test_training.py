@@ -15,8 +15,9 @@ pytest.importorskip("sklearn")
 
 import tensorflow as tf  # noqa: E402
 
+import keras_coatnet as kc  # noqa: E402
 from keras_coatnet.training import data, recipe, train  # noqa: E402
-from keras_coatnet.training.train import main, parser  # noqa: E402
+from keras_coatnet.training.train import build_model, main, parser  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="tf.data, tf.distribute"
@@ -217,3 +218,31 @@ def test_strategy_plumbing_with_one_device_strategy_and_xla(digits_root):
     )
     history = model.fit(splits.train, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_fine_tuning_start_resizes_tables_and_keeps_a_fresh_head(tmp_path):
+    from helpers import TINY, randomize
+
+    source = tiny_model(classes=7)
+    randomize(source)
+    path = str(tmp_path / "at64.weights.h5")
+    source.save_weights(path)
+    # Same classes: the whole file, at 96 pixels (tables resized).
+    same = build_model(TINY, 96, 7, weights=path)
+    head = source.get_layer("predictions").get_weights()
+    for a, b in zip(same.get_layer("predictions").get_weights(), head, strict=True):
+        np.testing.assert_array_equal(a, b)
+    attn = source.get_layer("stage3_block0").attn
+    np.testing.assert_allclose(
+        np.asarray(same.get_layer("stage3_block0").attn.relative_table),
+        kc.resize_relative_table(np.asarray(attn.relative_table), (4, 4), (6, 6)),
+        atol=1e-7,
+    )
+    # Other classes: backbone from the file, a fresh 3-class head.
+    other = build_model(TINY, 64, 3, weights=path)
+    np.testing.assert_array_equal(
+        other.get_layer("stage2_block1").get_weights()[0],
+        source.get_layer("stage2_block1").get_weights()[0],
+    )
+    np.testing.assert_array_equal(other.get_layer("head_norm").get_weights()[0], 1.0)  # fresh
+    assert other.get_layer("predictions").get_weights()[0].shape[-1] == 3

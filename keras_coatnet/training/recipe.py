@@ -12,7 +12,8 @@ import keras
 import tensorflow as tf
 
 # Weight decay stays off norms, biases and relative position tables.
-NO_DECAY = ["bias", "gamma", "beta", "relative_table"]
+# Norms, biases, layer scales, relative tables and the relative-bias MLP (timm's no_weight_decay).
+NO_DECAY = ["bias", "gamma", "beta", "relative_table", "relative_mlp"]
 
 
 @dataclasses.dataclass(frozen=True)

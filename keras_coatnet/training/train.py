@@ -47,6 +47,12 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="input side, a multiple of 32 (default: the model's default size)",
     )
+    add(
+        "--weights",
+        help="start from a .weights.h5 file, 'imagenet' or a tag; at another --image-size "
+        "the relative tables are resized (224 -> 384 fine-tuning); with another class count "
+        "only the backbone is loaded and the head starts fresh",
+    )
     add("--epochs", type=int, help=f"paper: {paper.epochs}")
     add("--batch-size", type=int, help=f"global batch (paper: {paper.batch_size})")
     add("--lr", type=float, help=f"peak learning rate (paper: {paper.learning_rate})")
@@ -113,6 +119,33 @@ def _check(args, rec, replicas):
         raise ValueError("--data-dir and --manual-dir need --dataset")
 
 
+def build_model(config, size, classes, weights=None, drop_path_rate=0.0) -> keras.Model:
+    """The model to train, started from `weights` when given.
+
+    A file whose head has `classes` outputs loads whole; otherwise its
+    backbone is loaded (every layer up to the head, names matched) and the
+    head keeps its fresh initialization. Relative tables of another image
+    size are resized on load.
+    """
+    from keras_coatnet import loading
+    from keras_coatnet import weights as registry
+
+    shape = (size, size, 3)
+    if weights is None:
+        return CoAtNet(config, input_shape=shape, classes=classes, drop_path_rate=drop_path_rate)
+    path = registry.resolve(weights, config.name)
+    if loading.head_classes(path) == classes:
+        return CoAtNet(
+            config, input_shape=shape, classes=classes, weights=path, drop_path_rate=drop_path_rate
+        )
+    model = CoAtNet(config, input_shape=shape, classes=classes, drop_path_rate=drop_path_rate)
+    backbone = CoAtNet(config, include_top=False, input_shape=shape, weights=path)
+    for layer in backbone.layers:
+        if layer.weights:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
+    return model
+
+
 def _use_xla(flag: str, strategy) -> bool:
     """Decide XLA explicitly instead of Keras's "auto", which is off under any strategy.
 
@@ -168,11 +201,8 @@ def train(args) -> dict:
         # when op determinism is on, so XLA runs (TPU, GPU) are not bit-exact.
         tf.config.experimental.enable_op_determinism()
     with strategy.scope():
-        model = CoAtNet(
-            config,
-            input_shape=(size, size, 3),
-            classes=splits.num_classes,
-            drop_path_rate=rec.drop_path_rate,
+        model = build_model(
+            config, size, splits.num_classes, args.weights, drop_path_rate=rec.drop_path_rate
         )
         model.compile(
             optimizer=recipe.optimizer(rec, steps),
