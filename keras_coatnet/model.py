@@ -10,6 +10,7 @@ from keras_coatnet import loading
 from keras_coatnet import weights as weights_registry
 from keras_coatnet.configs import CONFIGS, CoAtNetConfig, get_config
 from keras_coatnet.layers import MBConvBlock, Stem, TransformerBlock
+from keras_coatnet.layers._common import batch_norm
 
 POOLINGS = (None, "avg", "max")
 
@@ -71,7 +72,7 @@ def _check_args(include_top, weights, pooling, classes):
     return file_classes
 
 
-def _stem_and_stages(x, config, drop_path_rate, cache_bias):
+def _stem_and_stages(x, config, drop_path_rate, cache_bias, sync_batchnorm=False):
     """S0..S4; returns the output and the per-stage feature maps."""
     x = Stem(
         config.stem_dim,
@@ -81,6 +82,7 @@ def _stem_and_stages(x, config, drop_path_rate, cache_bias):
         bn_momentum=config.bn_momentum,
         approximate_gelu=config.approximate_gelu,
         padding=config.padding,
+        sync_batchnorm=sync_batchnorm,
         name="stem",
     )(x)
     features = {"stem": x}
@@ -96,6 +98,7 @@ def _stem_and_stages(x, config, drop_path_rate, cache_bias):
                 drop_path_rate=rate,
                 approximate_gelu=config.approximate_gelu,
                 pool_type=config.pool_type,
+                sync_batchnorm=sync_batchnorm,
                 name=f"stage{s}_block{b}",
             )
             if stage.block_type == "mbconv":
@@ -138,26 +141,24 @@ def _stem_and_stages(x, config, drop_path_rate, cache_bias):
     return x, features
 
 
-def _head_norm(config):
+def _head_norm(config, sync_batchnorm=False):
     if config.transformer_norm == "batchnorm":
-        return keras.layers.BatchNormalization(
-            epsilon=config.ln_epsilon, momentum=config.bn_momentum, name="head_norm"
-        )
+        return batch_norm("head_norm", config.ln_epsilon, config.bn_momentum, None, sync_batchnorm)
     return keras.layers.LayerNormalization(epsilon=config.ln_epsilon, name="head_norm")
 
 
-def _head(x, config, include_top, pooling, classes, classifier_activation):
+def _head(x, config, include_top, pooling, classes, classifier_activation, sync_batchnorm=False):
     if include_top:
         if config.head_hidden_size:
             # The paper's head (timm's NormMlpClassifierHead): pool, norm, tanh pre-logits.
             x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
-            x = _head_norm(config)(x)
+            x = _head_norm(config, sync_batchnorm)(x)
             x = keras.layers.Dense(
                 config.head_hidden_size, activation="tanh", name="head_pre_logits"
             )(x)
         else:
             # timm's rw head: norm every position of the map, then pool.
-            x = _head_norm(config)(x)
+            x = _head_norm(config, sync_batchnorm)(x)
             x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
         return keras.layers.Dense(
             classes, activation=classifier_activation, name=loading.HEAD_LAYER
@@ -181,6 +182,7 @@ def CoAtNet(
     include_preprocessing: bool = True,
     drop_path_rate: float = 0.0,
     cache_bias: bool = True,
+    sync_batchnorm: bool = False,
     name: str | None = None,
 ) -> keras.Model:
     """Build a CoAtNet from a `CoAtNetConfig`.
@@ -209,6 +211,10 @@ def CoAtNet(
             blocks get linearly smaller rates. Defaults to `0.0`.
         cache_bias: Cache each attention block's gathered relative bias for
             inference. Defaults to `True`.
+        sync_batchnorm: All-reduce BatchNorm batch statistics across the
+            replicas of a distribution strategy, so that N replicas train
+            like one device on the global batch (TensorFlow backend).
+            Defaults to `False`.
         name: Model name. Defaults to the variant name.
 
     Returns:
@@ -244,8 +250,8 @@ def CoAtNet(
             offset=[-m / s for m, s in zip(config.mean, config.std, strict=True)],
             name="preprocessing",
         )(x)
-    x, _ = _stem_and_stages(x, config, drop_path_rate, cache_bias)
-    x = _head(x, config, include_top, pooling, classes, classifier_activation)
+    x, _ = _stem_and_stages(x, config, drop_path_rate, cache_bias, sync_batchnorm)
+    x = _head(x, config, include_top, pooling, classes, classifier_activation, sync_batchnorm)
     model = keras.Model(inputs, x, name=name or config.name.replace("-", "_"))
     if weights is not None:
         _load(model, weights, file_classes, config, include_top, include_preprocessing)

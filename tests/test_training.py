@@ -246,3 +246,20 @@ def test_fine_tuning_start_resizes_tables_and_keeps_a_fresh_head(tmp_path):
     )
     np.testing.assert_array_equal(other.get_layer("head_norm").get_weights()[0], 1.0)  # fresh
     assert other.get_layer("predictions").get_weights()[0].shape[-1] == 3
+
+
+def test_mirrored_two_cpus_with_synchronized_batchnorm_matches_one_device():
+    # Synchronized BatchNorm makes two replicas of 4 images normalize like one
+    # device with 8; without it the per-replica statistics differ (the
+    # control shows the check can fail).
+    script = os.path.join(os.path.dirname(__file__), "mirrored_parity.py")
+    result = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    diffs = {}
+    for line in result.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        if key in ("sync", "unsync", "moved"):
+            diffs[key] = value
+    assert float(diffs["moved"]) > 0.1
+    assert float(diffs["sync"]) <= 1e-5
+    assert float(diffs["unsync"]) > 1e-3

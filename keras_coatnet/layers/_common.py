@@ -1,6 +1,19 @@
 """Helpers shared by the blocks: activations, padding, pooling."""
 
+import keras
 from keras import ops
+
+
+def batch_norm(name, epsilon, momentum, dtype=None, synchronized=False):
+    """A BatchNormalization; `synchronized` all-reduces batch statistics over replicas.
+
+    Synchronized BatchNorm exists on the TensorFlow backend only; the
+    argument is passed only when set, so the default works on every backend.
+    """
+    extra = {"synchronized": True} if synchronized else {}
+    return keras.layers.BatchNormalization(
+        epsilon=epsilon, momentum=momentum, name=name, dtype=dtype, **extra
+    )
 
 
 def gelu(x, approximate):

@@ -3,7 +3,13 @@
 import keras
 from keras import ops
 
-from keras_coatnet.layers._common import activation, pad_symmetric, pool2x2, pooled_shape
+from keras_coatnet.layers._common import (
+    activation,
+    batch_norm,
+    pad_symmetric,
+    pool2x2,
+    pooled_shape,
+)
 from keras_coatnet.layers.drop_path import DropPath
 
 
@@ -90,6 +96,7 @@ class MBConvBlock(keras.layers.Layer):
         approximate_gelu: Use the tanh GELU. Defaults to `False`.
         padding: `"symmetric"` or `"same"` for the strided depthwise conv.
         pool_type: `"avg"`, `"max"` or `"max3"` for the shortcut pooling.
+        sync_batchnorm: Synchronize BatchNorm statistics across replicas.
 
     Call arguments:
         inputs: NHWC feature map with `input_filters` channels.
@@ -117,9 +124,11 @@ class MBConvBlock(keras.layers.Layer):
         approximate_gelu=False,
         padding="symmetric",
         pool_type="avg",
+        sync_batchnorm=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.sync_batchnorm = sync_batchnorm
         if strides not in (1, 2):
             raise ValueError(f"strides must be 1 or 2, received: {strides!r}")
         if expand_from not in ("output", "input"):
@@ -157,9 +166,7 @@ class MBConvBlock(keras.layers.Layer):
         dt = self.dtype_policy
 
         def bn(name):
-            return keras.layers.BatchNormalization(
-                epsilon=bn_epsilon, momentum=bn_momentum, name=name, dtype=dt
-            )
+            return batch_norm(name, bn_epsilon, bn_momentum, dt, sync_batchnorm)
 
         self.shortcut = None
         if input_filters != filters:
@@ -265,6 +272,7 @@ class MBConvBlock(keras.layers.Layer):
                 "approximate_gelu": self.approximate_gelu,
                 "padding": self.padding,
                 "pool_type": self.pool_type,
+                "sync_batchnorm": self.sync_batchnorm,
             }
         )
         return config

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_coatnet.layers._common import activation, pad_symmetric
+from keras_coatnet.layers._common import activation, batch_norm, pad_symmetric
 
 
 @keras.saving.register_keras_serializable(package="keras_coatnet")
@@ -22,6 +22,8 @@ class Stem(keras.layers.Layer):
         approximate_gelu: Use the tanh GELU. Defaults to `False`.
         padding: `"symmetric"` (PyTorch) or `"same"` (TF) for the stride-2
             convolution. Defaults to `"symmetric"`.
+        sync_batchnorm: Synchronize BatchNorm statistics across replicas
+            (TensorFlow backend). Defaults to `False`.
 
     Call arguments:
         inputs: NHWC images, already normalized.
@@ -37,9 +39,11 @@ class Stem(keras.layers.Layer):
         bn_momentum=0.9,
         approximate_gelu=False,
         padding="symmetric",
+        sync_batchnorm=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.sync_batchnorm = sync_batchnorm
         self.filters = filters
         self.hidden_filters = hidden_filters or filters
         self.activation = activation
@@ -52,9 +56,7 @@ class Stem(keras.layers.Layer):
         self.conv1 = keras.layers.Conv2D(
             self.hidden_filters, 3, strides=2, padding=pad1, use_bias=False, name="conv1", dtype=dt
         )
-        self.norm1 = keras.layers.BatchNormalization(
-            epsilon=bn_epsilon, momentum=bn_momentum, name="norm1", dtype=dt
-        )
+        self.norm1 = batch_norm("norm1", bn_epsilon, bn_momentum, dt, sync_batchnorm)
         self.conv2 = keras.layers.Conv2D(
             filters, 3, padding="same", use_bias=False, name="conv2", dtype=dt
         )
@@ -88,6 +90,7 @@ class Stem(keras.layers.Layer):
                 "bn_momentum": self.bn_momentum,
                 "approximate_gelu": self.approximate_gelu,
                 "padding": self.padding,
+                "sync_batchnorm": self.sync_batchnorm,
             }
         )
         return config

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_coatnet.layers._common import gelu, pool2x2, pooled_shape
+from keras_coatnet.layers._common import batch_norm, gelu, pool2x2, pooled_shape
 from keras_coatnet.layers.attention import RelativeAttention
 from keras_coatnet.layers.drop_path import DropPath
 from keras_coatnet.layers.layer_scale import LayerScale
@@ -41,6 +41,8 @@ class TransformerBlock(keras.layers.Layer):
         pool_type: `"avg"`, `"max"` or `"max3"` downsampling. Defaults to
             `"avg"`.
         cache_bias: Cache the relative bias for inference. Defaults to `True`.
+        sync_batchnorm: Synchronize BatchNorm statistics across replicas
+            (with `norm="batchnorm"`).
 
     Call arguments:
         inputs: NHWC map with `input_filters` channels.
@@ -66,9 +68,11 @@ class TransformerBlock(keras.layers.Layer):
         approximate_gelu=False,
         pool_type="avg",
         cache_bias=True,
+        sync_batchnorm=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.sync_batchnorm = sync_batchnorm
         if strides not in (1, 2):
             raise ValueError(f"strides must be 1 or 2, received: {strides!r}")
         if attention_width not in ("output", "input"):
@@ -98,9 +102,7 @@ class TransformerBlock(keras.layers.Layer):
 
         def make_norm(name):
             if norm == "batchnorm":
-                return keras.layers.BatchNormalization(
-                    epsilon=ln_epsilon, momentum=bn_momentum, name=name, dtype=dt
-                )
+                return batch_norm(name, ln_epsilon, bn_momentum, dt, sync_batchnorm)
             return keras.layers.LayerNormalization(epsilon=ln_epsilon, name=name, dtype=dt)
 
         self.shortcut = None
@@ -189,6 +191,7 @@ class TransformerBlock(keras.layers.Layer):
                 "approximate_gelu": self.approximate_gelu,
                 "pool_type": self.pool_type,
                 "cache_bias": self.cache_bias,
+                "sync_batchnorm": self.sync_batchnorm,
             }
         )
         return config

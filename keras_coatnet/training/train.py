@@ -119,7 +119,9 @@ def _check(args, rec, replicas):
         raise ValueError("--data-dir and --manual-dir need --dataset")
 
 
-def build_model(config, size, classes, weights=None, drop_path_rate=0.0) -> keras.Model:
+def build_model(
+    config, size, classes, weights=None, drop_path_rate=0.0, sync_batchnorm=False
+) -> keras.Model:
     """The model to train, started from `weights` when given.
 
     A file whose head has `classes` outputs loads whole; otherwise its
@@ -131,14 +133,18 @@ def build_model(config, size, classes, weights=None, drop_path_rate=0.0) -> kera
     from keras_coatnet import weights as registry
 
     shape = (size, size, 3)
+    common = dict(
+        input_shape=shape,
+        classes=classes,
+        drop_path_rate=drop_path_rate,
+        sync_batchnorm=sync_batchnorm,
+    )
     if weights is None:
-        return CoAtNet(config, input_shape=shape, classes=classes, drop_path_rate=drop_path_rate)
+        return CoAtNet(config, **common)
     path = registry.resolve(weights, config.name)
     if loading.head_classes(path) == classes:
-        return CoAtNet(
-            config, input_shape=shape, classes=classes, weights=path, drop_path_rate=drop_path_rate
-        )
-    model = CoAtNet(config, input_shape=shape, classes=classes, drop_path_rate=drop_path_rate)
+        return CoAtNet(config, weights=path, **common)
+    model = CoAtNet(config, **common)
     backbone = CoAtNet(config, include_top=False, input_shape=shape, weights=path)
     for layer in backbone.layers:
         if layer.weights:
@@ -201,8 +207,17 @@ def train(args) -> dict:
         # when op determinism is on, so XLA runs (TPU, GPU) are not bit-exact.
         tf.config.experimental.enable_op_determinism()
     with strategy.scope():
+        # Several local replicas (MirroredStrategy): BatchNorm statistics over
+        # the global batch, so N devices train like one. TPU cores keep
+        # per-core statistics (large per-core batches; no extra all-reduce).
+        mirrored = isinstance(strategy, tf.distribute.MirroredStrategy)
         model = build_model(
-            config, size, splits.num_classes, args.weights, drop_path_rate=rec.drop_path_rate
+            config,
+            size,
+            splits.num_classes,
+            args.weights,
+            drop_path_rate=rec.drop_path_rate,
+            sync_batchnorm=mirrored and strategy.num_replicas_in_sync > 1,
         )
         model.compile(
             optimizer=recipe.optimizer(rec, steps),
