@@ -9,7 +9,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: setup.py
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[test,train,timm,serving]"
+	$(PY) -m pip install -e ".[test,train,timm,serving,plot]"
 	touch $@
 
 # The main job: train a small CoAtNet on scikit-learn's digits, report held-out accuracy.

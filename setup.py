@@ -22,5 +22,8 @@ setup(
         # The serving client example (PredictRequest protos).
         "serving": ["tensorflow-serving-api<3"],
         "timm": ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31"],
+        # `coatnet plot-bias` and `coatnet plot-history`.
+        "plot": ["matplotlib"],
     },
+    entry_points={"console_scripts": ["coatnet=keras_coatnet.cli:main"]},
 )
