@@ -13,6 +13,9 @@ import numpy as np
 import tensorflow as tf
 
 DIGITS_SIZE = 64  # 8x8 scans upscaled 8x: S3 attends over 4x4, S4 over 2x2
+# Seed draws one augmented batch may take from each generator before its
+# stream would run into the next batch's (RandAugment takes 14, MixUp 2).
+_DRAWS_PER_BATCH = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +62,48 @@ def write_digits_tree(root: str, size: int = DIGITS_SIZE, seed: int = 0) -> str:
     with open(marker, "w") as f:
         f.write("ok\n")
     return root
+
+
+def _seed_generators(augment) -> list:
+    """Every Keras `SeedGenerator` of the layers in `augment.layers`, in a fixed order."""
+
+    def walk(layer):
+        found = list(layer._seed_generators)
+        for child in layer._layers:
+            found += walk(child)
+        return found
+
+    found = []
+    for layer in getattr(augment, "layers", ()):
+        found += [g for g in walk(layer) if all(g is not f for f in found)]
+    return found
+
+
+def _seeded(augment, seed: int, epoch: int):
+    """`augment` as a function of `(step, (images, labels))` whose draws depend on the step.
+
+    Keras's random layers (RandAugment, MixUp, CutMix) draw from stateful
+    SeedGenerators that every augmented batch advances. Shared by all the
+    epochs' pipelines and not part of any backup, they made batch `i` of
+    epoch `k` depend on how many batches this process had augmented before:
+    a run resumed at epoch k augmented its first batch like epoch 0's. Each
+    batch now sets every generator to a state derived from `seed`, the epoch
+    and the batch's index within the epoch before `augment` draws from it.
+    """
+    generators = _seed_generators(augment)
+    keys = [
+        int(np.random.SeedSequence([seed, epoch, k]).generate_state(1)[0] & 0x7FFFFFFF)
+        for k in range(len(generators))
+    ]
+
+    def augment_step(step, batch):
+        for key, generator in zip(keys, generators, strict=True):
+            dtype = generator.state.dtype
+            counter = tf.cast(step, dtype) * _DRAWS_PER_BATCH
+            generator.state.assign(tf.stack([tf.constant(key, dtype), counter]))
+        return augment(*batch)
+
+    return augment_step
 
 
 def _builder(dataset: str, data_dir: str | None, manual_dir: str | None):
@@ -114,7 +159,10 @@ def load(
     and the epoch number, so a run resumed at epoch k sees the same batches
     as an uninterrupted one. Batches use `drop_remainder=True` (static shapes
     for TPU and XLA), pass through `augment` (a function on
-    `(images, one_hot_labels)` batches), and are prefetched.
+    `(images, one_hot_labels)` batches), and are prefetched. The Keras
+    SeedGenerators that `augment` draws from are reset before each batch to
+    a state derived from `seed`, the epoch and the batch's index, so
+    augmentation, too, is the same in a resumed run.
     """
     builder = _builder(dataset, data_dir, manual_dir)
     splits = builder.info.splits
@@ -151,7 +199,9 @@ def load(
         )
         ds = ds.batch(batch_size, drop_remainder=True)
         if augment is not None:
-            ds = ds.map(augment, num_parallel_calls=auto)
+            # Serial: parallel calls would race on the shared generator states
+            # (op determinism, on for CPU training, serializes this map anyway).
+            ds = ds.enumerate().map(_seeded(augment, seed, epoch))
         return ds.take(steps)
 
     # One pipeline per remaining epoch (tf.data seeds must be Python ints),

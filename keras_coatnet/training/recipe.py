@@ -74,7 +74,10 @@ def optimizer(recipe: Recipe, steps_per_epoch: int) -> keras.optimizers.Optimize
 
 
 def augmenter(recipe: Recipe, seed: int = 0):
-    """A function on `(images, one_hot_labels)` batches, or `None` for no augmentation."""
+    """A function on `(images, one_hot_labels)` batches, or `None` for no augmentation.
+
+    The function's `layers` attribute lists its random Keras layers.
+    """
     layers = []
     if recipe.randaugment_ops:
         layers.append(
@@ -101,4 +104,6 @@ def augmenter(recipe: Recipe, seed: int = 0):
             images, labels = out["images"], out["labels"]
         return tf.cast(images, tf.float32), tf.cast(labels, tf.float32)
 
+    # The random layers, for the pipeline to reseed per batch (data.load).
+    augment.layers = tuple(layers) + ((mix,) if mix is not None else ())
     return augment
