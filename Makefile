@@ -28,7 +28,7 @@ lint: setup
 test: lint
 	$(PY) -m pytest -q
 	KERAS_BACKEND=jax $(PY) -m pytest -q tests/test_layers.py tests/test_bias_cache.py \
-		tests/test_model.py -k "not parameter_count and not macs and not 384 and not 224"
+		tests/test_fast_paths.py tests/test_model.py -k "not parameter_count and not macs and not 384 and not 224"
 	KERAS_BACKEND=jax $(PY) -m pytest -q tests/test_timm.py \
 		-k "converted_model_matches_timm and (coatnet_0_rw_224 or coatnet_rmlp_1_rw_224)"
 

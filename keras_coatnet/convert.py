@@ -18,6 +18,7 @@ as it is. Relative tables of another feature-map size are resized with
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 
 from keras_coatnet.configs import CONFIGS, get_config
@@ -95,7 +96,7 @@ class _Plan:
     def norm(self, layer, prefix):
         self.assign(layer.gamma, self.take(f"{prefix}.weight"), f"{prefix}.weight")
         self.assign(layer.beta, self.take(f"{prefix}.bias"), f"{prefix}.bias")
-        if layer.__class__.__name__ == "BatchNormalization":
+        if isinstance(layer, keras.layers.BatchNormalization):
             for name, key in (("moving_mean", "running_mean"), ("moving_variance", "running_var")):
                 value = self.take(f"{prefix}.{key}")
                 self.assign(getattr(layer, name), value, f"{prefix}.{key}")

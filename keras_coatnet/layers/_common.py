@@ -1,7 +1,10 @@
 """Helpers shared by the blocks: activations, padding, pooling."""
 
-import keras
 from keras import ops
+
+from keras_coatnet.layers.batch_norm import BatchNorm
+
+SQRT_HALF = 0.7071067811865476
 
 
 def batch_norm(name, epsilon, momentum, dtype=None, synchronized=False):
@@ -11,20 +14,27 @@ def batch_norm(name, epsilon, momentum, dtype=None, synchronized=False):
     argument is passed only when set, so the default works on every backend.
     """
     extra = {"synchronized": True} if synchronized else {}
-    return keras.layers.BatchNormalization(
-        epsilon=epsilon, momentum=momentum, name=name, dtype=dtype, **extra
-    )
+    return BatchNorm(epsilon=epsilon, momentum=momentum, name=name, dtype=dtype, **extra)
 
 
-def gelu(x, approximate):
-    """GELU, exact (erf) or tanh-approximated."""
-    return ops.gelu(x, approximate=approximate)
+def gelu(x, approximate=False):
+    """GELU, exact or tanh-approximated.
+
+    The exact form is written as PyTorch computes it, `x/2 (1 + erf(x/sqrt 2))`.
+    TensorFlow's `tf.nn.gelu` uses `x/2 erfc(-x/sqrt 2)` instead, which on
+    CPU measured 2x slower (5.3 ms against 2.6 ms on a 56x56x384 map) and,
+    after a 2-D `MatMul` + `BiasAdd`, is not fused into the matmul the way
+    this form is. The two agree within 5e-7 absolute.
+    """
+    if approximate:
+        return ops.gelu(x, approximate=True)
+    return 0.5 * x * (1.0 + ops.erf(x * SQRT_HALF))
 
 
 def activation(x, name, approximate_gelu=False):
     """Apply the activation `name`: `"gelu"`, `"silu"` or `"relu"`."""
     if name == "gelu":
-        return ops.gelu(x, approximate=approximate_gelu)
+        return gelu(x, approximate_gelu)
     if name == "silu":
         return ops.silu(x)
     if name == "relu":
@@ -55,3 +65,37 @@ def pooled_shape(input_shape):
     """Shape after stride-2 pooling of an NHWC shape with even sides."""
     batch, height, width, channels = input_shape
     return (batch, height // 2, width // 2, channels)
+
+
+def batch_norm_affine(layer):
+    """`(scale, offset)` with `layer(x) == x * scale + offset` in inference mode.
+
+    Float32 vectors over the channels, computed from the moving statistics
+    as Keras does (`rsqrt(variance + epsilon)`), for folding a BatchNorm
+    into the convolution next to it.
+    """
+    scale = ops.rsqrt(float32(layer.moving_variance) + layer.epsilon)
+    if layer.scale:
+        scale = scale * float32(layer.gamma)
+    offset = -float32(layer.moving_mean) * scale
+    if layer.center:
+        offset = offset + float32(layer.beta)
+    return scale, offset
+
+
+def float32(variable):
+    """The value of `variable` in float32, also inside a mixed-precision autocast scope."""
+    return ops.cast(ops.convert_to_tensor(variable), "float32")
+
+
+def on_tokens(fn, x, channels):
+    """Apply `fn` to the `(B, H, W, C)` map `x` as a `(B*H*W, C)` matrix; returns NHWC.
+
+    A `Dense` on a 4-D input runs as `Tensordot` (reshape, `MatMul`, reshape)
+    followed by a separate bias add over the whole map; on a 2-D input its
+    bias add is a `BiasAdd` that TensorFlow fuses into the `MatMul`, with
+    the GELU after it. The reshapes copy nothing.
+    """
+    batch, height, width = ops.shape(x)[:3]
+    y = fn(ops.reshape(x, (-1, channels)))
+    return ops.reshape(y, (batch, height, width, ops.shape(y)[-1]))

@@ -160,10 +160,12 @@ class RelativeAttention(keras.layers.Layer):
                 name="bias_cache",
                 aggregation="only_first_replica",
             )
-            # NaN never compares equal, so the first inference call fills the cache.
             self.cached_table = self.add_weight(
                 shape=(table_rows, self.num_heads),
-                initializer=keras.initializers.Constant(float("nan")),
+                # "Never filled": no table equals it. Infinity rather than NaN,
+                # because JAX's multi-process runs check that every process
+                # starts a variable with the same value, and NaN != NaN.
+                initializer=keras.initializers.Constant(float("inf")),
                 trainable=False,
                 autocast=False,
                 name="cached_table",
@@ -212,11 +214,17 @@ class RelativeAttention(keras.layers.Layer):
         batch = ops.shape(inputs)[0]
         tokens = self.height * self.width
         heads, dim = self.num_heads, self.head_size
-        qkv = ops.reshape(self.qkv(inputs), (batch, tokens, heads, 3, dim))
+        # Dense layers on (B*N, C) matrices: a MatMul with a fused BiasAdd (on a
+        # 4-D map Keras runs Tensordot and a separate bias add).
+        qkv = self.qkv(ops.reshape(inputs, (-1, inputs.shape[-1])))
+        qkv = ops.reshape(qkv, (batch, tokens, heads, 3, dim))
         qkv = ops.transpose(qkv, (3, 0, 2, 1, 4))  # (3, B, heads, N, d)
-        out = self._attend(qkv[0], qkv[1], qkv[2], training)
-        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, self.height, self.width, -1))
-        return self.proj(out)
+        # unstack, not qkv[i]: the gradient of three strided slices is three
+        # zero-filled full-size tensors and their sum; unstack's is one stack.
+        q, k, v = ops.unstack(qkv, 3, axis=0)
+        out = self._attend(q, k, v, training)
+        out = self.proj(ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (-1, self.filters)))
+        return ops.reshape(out, (batch, self.height, self.width, self.output_filters))
 
     def _attend(self, q, k, v, training):
         dim = self.head_size
@@ -270,7 +278,7 @@ class RelativeAttention(keras.layers.Layer):
                 )
             self.relative_table.assign(table)
         if self.cache_bias:
-            self.cached_table.assign(ops.full(self.cached_table.shape, float("nan")))
+            self.cached_table.assign(ops.full(self.cached_table.shape, float("inf")))
 
     def get_config(self):
         config = super().get_config()

@@ -1,8 +1,15 @@
 """The convolution stem (S0)."""
 
 import keras
+from keras import ops
 
-from keras_coatnet.layers._common import activation, batch_norm, pad_symmetric
+from keras_coatnet.layers._common import (
+    activation,
+    batch_norm,
+    batch_norm_affine,
+    float32,
+    pad_symmetric,
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_coatnet")
@@ -28,7 +35,12 @@ class Stem(keras.layers.Layer):
     Call arguments:
         inputs: NHWC images, already normalized.
         training: Python bool, for BatchNorm.
+
+    At inference the BatchNorm is folded into the first convolution
+    (class attribute `fold_batch_norm`, as in `MBConvBlock`).
     """
+
+    fold_batch_norm = True
 
     def __init__(
         self,
@@ -71,8 +83,15 @@ class Stem(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         x = pad_symmetric(inputs) if self.padding == "symmetric" else inputs
-        x = self.conv1(x)
-        x = activation(self.norm1(x, training=training), self.activation, self.approximate_gelu)
+        if not training and self.fold_batch_norm:
+            # BatchNorm folded into conv1: one bias add (fused into the conv) instead of two passes.
+            scale, offset = batch_norm_affine(self.norm1)
+            kernel = float32(self.conv1.kernel) * scale
+            x = ops.conv(x, ops.cast(kernel, self.compute_dtype), 2, self.conv1.padding)
+            x = ops.add(x, ops.cast(offset, self.compute_dtype))
+        else:
+            x = self.norm1(self.conv1(x), training=training)
+        x = activation(x, self.activation, self.approximate_gelu)
         return self.conv2(x)
 
     def compute_output_shape(self, input_shape):

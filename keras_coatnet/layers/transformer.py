@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_coatnet.layers._common import batch_norm, gelu, pool2x2, pooled_shape
+from keras_coatnet.layers._common import batch_norm, gelu, on_tokens, pool2x2, pooled_shape
 from keras_coatnet.layers.attention import RelativeAttention
 from keras_coatnet.layers.drop_path import DropPath
 from keras_coatnet.layers.layer_scale import LayerScale
@@ -151,17 +151,21 @@ class TransformerBlock(keras.layers.Layer):
             shortcut = pool2x2(shortcut, self.pool_type)
             x = pool2x2(x, self.pool_type)
         if self.shortcut is not None:
-            shortcut = self.shortcut(shortcut)
+            shortcut = on_tokens(self.shortcut, shortcut, self.input_filters)
         # attention
         y = self.attn(x, training=training)
         if self.layer_scale1 is not None:
             y = self.layer_scale1(y)
         x = shortcut + self.drop_path(y, training=training)
-        # feed-forward
-        y = self.fc2(gelu(self.fc1(self.norm2(x, training=training)), self.approximate_gelu))
+        # feed-forward, on (tokens, channels): the fc1 bias and the GELU fuse into its matmul
+        y = on_tokens(self._feed_forward, self.norm2(x, training=training), self.filters)
+        return x + self.drop_path(y, training=training)
+
+    def _feed_forward(self, tokens):
+        y = self.fc2(gelu(self.fc1(tokens), self.approximate_gelu))
         if self.layer_scale2 is not None:
             y = self.layer_scale2(y)
-        return x + self.drop_path(y, training=training)
+        return y
 
     def compute_output_shape(self, input_shape):
         batch, height, width, _ = input_shape
