@@ -841,8 +841,11 @@ def run_train(argv, quiet):
     parser.add_argument("--verbose", action="store_true", help="tracebacks on errors")
     args = parser.parse_args(argv)
     args.quiet = args.quiet or quiet
+    distribution = importlib.import_module("keras_coatnet.training.distribution")
     try:
         train.train(args)
+    except distribution.LostContactError as error:
+        distribution.exit_lost_contact(f"{PROG} train", error)  # status 1, no JAX shutdown
     except ValueError as error:
         raise CLIError(str(error)) from error
     return 0

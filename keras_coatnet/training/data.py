@@ -65,7 +65,18 @@ def write_digits_tree(root: str, size: int = DIGITS_SIZE, seed: int = 0) -> str:
 
 
 def _seed_generators(augment) -> list:
-    """Every Keras `SeedGenerator` of the layers in `augment.layers`, in a fixed order."""
+    """Every Keras `SeedGenerator` of the layers in `augment.layers`, in a fixed order.
+
+    Empty on the other backends: there the layers draw, inside tf.data, from
+    TensorFlow generators that Keras creates privately on first use, and
+    their own generators hold backend variables that a tf.data map cannot
+    assign. Augmented runs resumed on JAX therefore draw other
+    augmentations than uninterrupted ones (docs/TRAINING.md).
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return []
 
     def walk(layer):
         found = list(layer._seed_generators)

@@ -22,9 +22,8 @@ import tensorflow as tf
 
 from keras_coatnet.configs import CONFIGS, get_config
 from keras_coatnet.model import CoAtNet
-from keras_coatnet.training import data, recipe
+from keras_coatnet.training import data, distribution, recipe
 from keras_coatnet.training.callbacks import EpochSummary, ResumableBackup
-from keras_coatnet.training.strategy import pick_strategy
 
 PRECISIONS = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16", "off": "float32"}
 
@@ -76,9 +75,35 @@ def parser() -> argparse.ArgumentParser:
         default="auto",
         help="XLA-compile the "
         "train step; auto = on for TPU and GPU, off on CPU, where XLA's step measured "
-        "3.7x slower (docs/TRAINING.md)",
+        "3.7x slower (docs/TRAINING.md); on JAX auto = on everywhere (off runs op by op)",
     )
-    add("--tpu", help="TPU name for TPUClusterResolver ('local' on a TPU VM)")
+    add(
+        "--tpu",
+        help="TPU name for TPUClusterResolver ('local' on a TPU VM); TensorFlow backend",
+    )
+    add(
+        "--distribution",
+        choices=distribution.DISTRIBUTIONS,
+        default="none",
+        help="JAX backend: data-parallel = keras.distribution.DataParallel over every "
+        "device of every process (docs/DISTRIBUTED.md)",
+    )
+    add(
+        "--coordinator-address",
+        help=f"HOST:PORT of process 0 in a multi-process data-parallel run "
+        f"(default: ${distribution.ENV_COORDINATOR})",
+    )
+    add(
+        "--num-processes",
+        type=int,
+        help=f"processes of a multi-process run, one per host "
+        f"(default: ${distribution.ENV_NUM_PROCESSES}, else 1)",
+    )
+    add(
+        "--process-id",
+        type=int,
+        help=f"this process, 0 .. N-1 (default: ${distribution.ENV_PROCESS_ID})",
+    )
     add("--output-dir", default="runs/train", help="checkpoints, logs, best model")
     add("--seed", type=int, default=0)
     add("--steps-per-epoch", type=int, help="cap steps per epoch (quick runs)")
@@ -120,7 +145,12 @@ def _check(args, rec, replicas):
 
 
 def build_model(
-    config, size, classes, weights=None, drop_path_rate=0.0, sync_batchnorm=False
+    config,
+    size,
+    classes,
+    weights=None,
+    drop_path_rate=0.0,
+    sync_batchnorm=False,
 ) -> keras.Model:
     """The model to train, started from `weights` when given.
 
@@ -156,10 +186,14 @@ def _use_xla(flag: str, strategy) -> bool:
     """Decide XLA explicitly instead of Keras's "auto", which is off under any strategy.
 
     TPUs always compile; GPUs gain from fusion; on CPU the XLA train step of
-    the digits model measured 2.16 s against 0.58 s without (batch 64).
+    the digits model measured 2.16 s against 0.58 s without (batch 64). On
+    JAX, "auto" is on everywhere: JAX has no graph mode, so Keras's only
+    alternative to a jitted step is running it op by op.
     """
     if flag != "auto":
         return flag == "on"
+    if keras.backend.backend() == "jax":
+        return True
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return True
     return bool(tf.config.list_logical_devices("GPU"))
@@ -174,19 +208,45 @@ def _resumed_epoch(backup_dir: str) -> int:
         return int(json.load(f).get("epoch", 0))
 
 
+def _agreed_epoch(epoch: int, placement) -> int:
+    """`epoch`, checked equal in every process (each resumes from its own backup)."""
+    if placement.num_processes == 1:
+        return epoch
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    epochs = np.asarray(multihost_utils.process_allgather(np.int32(epoch))).ravel().tolist()
+    if len(set(epochs)) > 1:
+        raise ValueError(
+            f"the processes' backups are at different epochs {epochs}; remove "
+            "OUTPUT_DIR/backup on every host to start over"
+        )
+    return epoch
+
+
 def train(args) -> dict:
     """Run one training job from parsed `args`; returns the final evaluation."""
     keras.utils.set_random_seed(args.seed)
     keras.config.set_dtype_policy(PRECISIONS[args.mixed_precision])
-    strategy = pick_strategy(args.tpu)
+    placement = distribution.place(args)
+    with placement.run_scope(), distribution.reporting_lost_contact(placement):
+        return _train(args, placement)
+
+
+def _train(args, placement) -> dict:
     rec = _recipe(args)
-    _check(args, rec, strategy.num_replicas_in_sync)
+    _check(args, rec, placement.replicas)
     config = get_config(args.model or ("coatnet-digits" if args.dataset is None else "coatnet-0"))
     size = args.image_size or config.default_size
     dataset = args.dataset
     if dataset is None:
         dataset = data.write_digits_tree(os.path.join(tempfile.gettempdir(), "coatnet_digits"))
+    # Every process of a multi-process run runs the same callbacks (they keep
+    # state that must stay equal), each writing to a folder of its own: the
+    # chief to --output-dir, process i to --output-dir/process_<i>.
     out = args.output_dir
+    if not placement.chief:
+        out = os.path.join(out, f"process_{placement.process_id}")
     backup = os.path.join(out, "backup")
     splits = data.load(
         dataset,
@@ -197,19 +257,22 @@ def train(args) -> dict:
         manual_dir=args.manual_dir,
         seed=args.seed,
         epochs=rec.epochs,
-        first_epoch=_resumed_epoch(backup),
+        first_epoch=_agreed_epoch(_resumed_epoch(backup), placement),
         steps_per_epoch=args.steps_per_epoch,
     )
     steps = splits.steps_per_epoch
+    strategy = placement.strategy
     xla = _use_xla(args.jit, strategy)
-    if not xla:
+    if not xla and keras.backend.backend() == "tensorflow":
         # Same seed, same weights (resumed runs included). Keras turns XLA off
         # when op determinism is on, so XLA runs (TPU, GPU) are not bit-exact.
+        # (JAX on CPU is deterministic without a switch.)
         tf.config.experimental.enable_op_determinism()
-    with strategy.scope():
+    with placement.build_scope():
         # Several local replicas (MirroredStrategy): BatchNorm statistics over
         # the global batch, so N devices train like one. TPU cores keep
         # per-core statistics (large per-core batches; no extra all-reduce).
+        # JAX's DataParallel computes them over the global batch by itself.
         mirrored = isinstance(strategy, tf.distribute.MirroredStrategy)
         model = build_model(
             config,
@@ -236,7 +299,9 @@ def train(args) -> dict:
     quiet = args.quiet or not sys.stdout.isatty()
     start = time.perf_counter()
     history = model.fit(
-        splits.train,
+        # Each process feeds its rows of the global batch; every process
+        # evaluates the whole held-out split (metrics as on one process).
+        placement.shard(splits.train, rec.batch_size),
         steps_per_epoch=steps,
         epochs=rec.epochs,
         validation_data=splits.eval,
@@ -265,6 +330,8 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         train(args)
+    except distribution.LostContactError as e:
+        distribution.exit_lost_contact("coatnet train", e)
     except ValueError as e:
         print(f"coatnet train: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,245 @@
+"""Where the train step runs: tf.distribute on TensorFlow, keras.distribution on JAX.
+
+TensorFlow: `pick_strategy` (TPUStrategy for `--tpu`, MirroredStrategy over
+local GPUs). JAX: one device, or `keras.distribution.DataParallel` over every
+device of every process (`--distribution data-parallel`), the processes joined
+by `keras.distribution.initialize`. tf.distribute.MultiWorkerMirroredStrategy
+is not offered: Keras 3's fit does not support it (keras-team/keras#20585).
+
+In a multi-process run each process reads the same seeded pipeline and keeps
+its own rows of every global batch (the rows its devices hold in the global
+array), so N processes train like one process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+
+import keras
+
+DISTRIBUTIONS = ("none", "data-parallel")
+
+# Read by keras.distribution.initialize when its arguments are None; the
+# --coordinator-address, --num-processes and --process-id flags fall back to them.
+ENV_COORDINATOR = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
+ENV_NUM_PROCESSES = "KERAS_DISTRIBUTION_NUM_PROCESSES"
+ENV_PROCESS_ID = "KERAS_DISTRIBUTION_PROCESS_ID"
+
+# A process that stops sending heartbeats (killed, host down) is declared dead
+# after this many seconds; JAX's default is 100.
+HEARTBEAT_TIMEOUT_S = 30
+
+
+class LostContactError(RuntimeError):
+    """A collective failed because another process of the run went away."""
+
+
+@dataclasses.dataclass
+class Placement:
+    """The devices a run trains on and the part of each global batch this process feeds.
+
+    Attributes:
+        strategy: The tf.distribute strategy (TensorFlow backend), else `None`.
+        distribution: The keras.distribution (JAX backend, data-parallel), else `None`.
+        replicas: Devices the global batch is split over.
+        num_processes: Processes of the run.
+        process_id: This process, 0 .. num_processes - 1; 0 is the chief.
+    """
+
+    strategy: object = None
+    distribution: keras.distribution.Distribution | None = None
+    replicas: int = 1
+    num_processes: int = 1
+    process_id: int = 0
+
+    @property
+    def chief(self) -> bool:
+        return self.process_id == 0
+
+    def build_scope(self):
+        """The scope the model is built and compiled in (the strategy's, on TensorFlow)."""
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    def run_scope(self):
+        """The scope the whole run (build, fit, save) happens in (the distribution's, on JAX)."""
+        if self.distribution is None:
+            return contextlib.nullcontext()
+        return self.distribution.scope()
+
+    def rows(self, global_batch: int) -> slice:
+        """The rows of a global batch of `global_batch` that this process feeds."""
+        if self.distribution is None or self.num_processes == 1:
+            return slice(0, global_batch)
+        layout = self.distribution.get_data_layout((global_batch,)).backend_layout
+        indices = layout.addressable_devices_indices_map((global_batch,)).values()
+        spans = sorted({(s[0].start or 0, global_batch if s[0].stop is None else s[0].stop)
+                        for s in indices})  # fmt: skip
+        for (_, stop), (start, _) in zip(spans, spans[1:], strict=False):
+            if stop != start:
+                raise ValueError(f"process {self.process_id} owns scattered rows: {spans}")
+        return slice(spans[0][0], spans[-1][1])
+
+    def shard(self, dataset, global_batch: int):
+        """`dataset` of global `(images, labels)` batches, cut to this process's rows.
+
+        Keras's JAX trainer assembles the global batch from the processes'
+        local batches (`jax.make_array_from_process_local_data`), process i
+        contributing the rows its devices hold.
+        """
+        rows = self.rows(global_batch)
+        if rows == slice(0, global_batch):
+            return dataset
+        return dataset.map(lambda x, y: (x[rows], y[rows]))
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return None if value in (None, "") else int(value)
+
+
+def _processes(args) -> tuple[str | None, int, int]:
+    coordinator = args.coordinator_address or os.environ.get(ENV_COORDINATOR) or None
+    num = args.num_processes if args.num_processes is not None else _env_int(ENV_NUM_PROCESSES)
+    pid = args.process_id if args.process_id is not None else _env_int(ENV_PROCESS_ID)
+    num = 1 if num is None else num
+    if num < 1:
+        raise ValueError(f"--num-processes must be at least 1, received: {num}")
+    if num == 1:
+        if pid not in (None, 0):
+            raise ValueError(f"--process-id {pid} needs --num-processes above {pid}")
+        return coordinator, 1, 0
+    if coordinator is None:
+        raise ValueError(
+            f"--num-processes {num} needs --coordinator-address HOST:PORT "
+            f"(or {ENV_COORDINATOR}), the address of process 0"
+        )
+    if pid is None or not 0 <= pid < num:
+        raise ValueError(f"--process-id must be in 0 .. {num - 1}, received: {pid}")
+    return coordinator, num, pid
+
+
+def _initialize_jax(coordinator: str, num_processes: int, process_id: int) -> None:
+    """Join the other processes, before any JAX computation.
+
+    CPU devices need gloo for collectives across processes (GPUs and TPUs
+    bring their own). `keras.distribution.initialize` does not pass a
+    heartbeat timeout, so `jax.distributed.initialize` is called here with
+    ours, then Keras's seed agreement runs as `keras.distribution.initialize`
+    would (a no-op here: the train command always sets a seed).
+    """
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator.split(",")[0],
+        num_processes=num_processes,
+        process_id=process_id,
+        heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
+    )
+    from keras.src.backend.jax import distribution_lib
+
+    distribution_lib.initialize_rng()
+
+
+def place(args) -> Placement:
+    """The placement `args` ask for; on JAX, joins the other processes of a multi-process run.
+
+    Call before anything runs on the JAX backend. Raises ValueError (one
+    line) for a combination the backend does not support.
+    """
+    distribution = getattr(args, "distribution", "none") or "none"
+    multi = any(
+        getattr(args, name, None) is not None
+        for name in ("coordinator_address", "num_processes", "process_id")
+    )
+    if multi and distribution != "data-parallel":
+        raise ValueError(
+            "--coordinator-address, --num-processes and --process-id need "
+            "--distribution data-parallel"
+        )
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        if distribution != "none":
+            raise ValueError(
+                f"--distribution {distribution} needs the JAX backend (KERAS_BACKEND=jax); "
+                "on TensorFlow use --tpu for a TPU pod, and local GPUs are used "
+                "(MirroredStrategy) without a flag"
+            )
+        from keras_coatnet.training.strategy import pick_strategy
+
+        strategy = pick_strategy(args.tpu)
+        return Placement(strategy=strategy, replicas=strategy.num_replicas_in_sync)
+    if backend != "jax":
+        raise ValueError(f"the train command runs on TensorFlow or JAX, not {backend!r}")
+    if args.tpu:
+        raise ValueError(
+            "--tpu needs the TensorFlow backend (KERAS_BACKEND=tensorflow); on JAX, TPU "
+            "devices are found without it: use --distribution data-parallel"
+        )
+    if distribution == "none":
+        return Placement()
+    coordinator, num_processes, process_id = _processes(args)
+    if num_processes > 1:
+        _initialize_jax(coordinator, num_processes, process_id)
+    devices = keras.distribution.list_devices()
+    # The train command shards its own pipeline (Placement.shard): Keras's
+    # auto-sharding would also split the evaluation batches, whose last one
+    # may not divide over the processes.
+    dp = keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
+    return Placement(
+        distribution=dp,
+        replicas=len(devices),
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+
+
+_LOST_CONTACT = (
+    "gloo",
+    "connection closed",
+    "connection reset",
+    "heartbeat timeout",
+    "unavailable:",
+    "deadline_exceeded",
+    "coordination service",
+)
+
+
+def lost_contact(error: BaseException) -> bool:
+    """Whether `error` (or what caused it) is JAX's report of a peer process gone away."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error).lower()
+        if any(marker in text for marker in _LOST_CONTACT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@contextlib.contextmanager
+def reporting_lost_contact(placement: Placement):
+    """Turn a multi-process run's failed collectives into `LostContactError`."""
+    try:
+        yield
+    except Exception as error:
+        if placement.num_processes > 1 and lost_contact(error):
+            first = next((line for line in str(error).splitlines() if line.strip()), "")
+            raise LostContactError(f"process {placement.process_id}: {first[:300]}") from error
+        raise
+
+
+def exit_lost_contact(prog: str, error: LostContactError) -> None:
+    """Print one line and end the process with status 1, now.
+
+    A normal exit would run JAX's distributed shutdown, which waits at a
+    barrier for the dead process and then aborts with a fatal log; ending
+    here skips it (the run's backup is already on disk).
+    """
+    print(f"{prog}: error: lost contact with the other processes ({error})", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)

@@ -1,0 +1,272 @@
+"""The train command on JAX: data parallelism over two processes on this host, failure, resume.
+
+Every run is a subprocess with KERAS_BACKEND set, so these tests run under
+either backend's pytest. Two real processes join through JAX's distributed
+service on 127.0.0.1 (gloo collectives on CPU); nothing is simulated.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("jax")
+pytest.importorskip("tensorflow_datasets")
+pytest.importorskip("sklearn")
+h5py = pytest.importorskip("h5py")
+
+from keras_coatnet.training import data  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
+TRAIN = os.path.join(ROOT, "examples", "train.py")
+TIMEOUT = 600
+
+
+@pytest.fixture(scope="module")
+def digits_root(tmp_path_factory):
+    return data.write_digits_tree(str(tmp_path_factory.mktemp("digits")), size=32)
+
+
+@pytest.fixture(scope="module")
+def initial_weights(tmp_path_factory):
+    """One starting point for every run (the backends initialize differently)."""
+    path = str(tmp_path_factory.mktemp("init") / "init.weights.h5")
+    code = textwrap.dedent(
+        f"""
+        import keras
+        from keras_coatnet.configs import get_config
+        from keras_coatnet.training.train import build_model
+        keras.utils.set_random_seed(0)
+        build_model(get_config("coatnet-digits"), 32, 10).save_weights({path!r})
+        """
+    )
+    _python(code, "tensorflow")
+    return path
+
+
+def _env(backend):
+    return {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _python(code, backend):
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_env(backend),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def _command(root, weights, out, epochs=2, *extra):
+    return [
+        sys.executable, TRAIN,
+        "--dataset", root, "--model", "coatnet-digits", "--image-size", "32",
+        "--batch-size", "16", "--steps-per-epoch", "2", "--epochs", str(epochs),
+        "--lr", "2e-3", "--warmup-steps", "2", "--randaugment-ops", "0", "--mixup", "0",
+        # Drop path draws differ between backends (the JAX-vs-TF test).
+        "--drop-path", "0", "--weights", weights, "--output-dir", str(out), "--quiet",
+        *extra,
+    ]  # fmt: skip
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_pair(command, port):
+    """Two processes of one data-parallel run."""
+    flags = ["--distribution", "data-parallel", "--coordinator-address", f"127.0.0.1:{port}"]
+    return [
+        subprocess.Popen(
+            [*command, *flags, "--num-processes", "2", "--process-id", str(i)],
+            env=_env("jax"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+
+
+def _finish(procs):
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=TIMEOUT))
+    finally:
+        for proc in procs:
+            proc.kill()
+    for proc, (_, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    return [out for out, _ in outputs]
+
+
+def _run(command, backend):
+    result = subprocess.run(
+        command, env=_env(backend), capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def _weights(path):
+    found = {}
+    with h5py.File(path) as f:
+        f.visititems(
+            lambda n, o: found.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None
+        )
+    assert found
+    return found
+
+
+def _max_diff(a, b, layers_only=False):
+    a, b = _weights(a), _weights(b)
+    if layers_only:  # against the initial file, which has no optimizer state
+        a = {k: v for k, v in a.items() if k.startswith("layers/")}
+    assert a.keys() == b.keys()
+    return max(float(np.max(np.abs(a[k] - b[k]), initial=0.0)) for k in a)
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory, digits_root, initial_weights):
+    """The reference: one JAX process, one device, the same global batch."""
+    out = tmp_path_factory.mktemp("jax1")
+    log = _run(_command(digits_root, initial_weights, out), "jax")
+    (out / "stdout.txt").write_text(log)
+    return out
+
+
+def test_two_processes_train_like_one(tmp_path, digits_root, initial_weights, one_process_run):
+    out = tmp_path / "pair"
+    logs = _finish(_start_pair(_command(digits_root, initial_weights, out), _free_port()))
+    chief, other = out / "final.weights.h5", out / "process_1" / "final.weights.h5"
+    # Both processes hold one replicated copy of the weights...
+    assert _max_diff(chief, other) == 0.0
+    # ...equal to one process's on the same global batches: each process fed
+    # its half of every batch, BatchNorm normalized over the whole batch.
+    diff = _max_diff(chief, one_process_run / "final.weights.h5")
+    assert diff <= 1e-5, diff
+    assert _max_diff(chief, initial_weights, layers_only=True) > 1e-3  # it trained
+    # Every process evaluated the whole held-out split: the one-process metrics.
+    reference = (one_process_run / "stdout.txt").read_text().splitlines()
+    reference = [line for line in reference if line.startswith("held-out")]
+    for log in logs:
+        held_out = [line for line in log.splitlines() if line.startswith("held-out")]
+        assert held_out[0].split(",")[0] == reference[0].split(",")[0]
+    # Each process writes to a folder of its own.
+    assert (out / "best.keras").exists() and (out / "process_1" / "best.keras").exists()
+
+
+def test_a_killed_process_stops_the_other_and_both_resume(tmp_path, digits_root, initial_weights):
+    out = tmp_path / "run"
+    command = _command(digits_root, initial_weights, out, 3)
+    procs = _start_pair(command, _free_port())
+    backup = out / "process_1" / "backup" / "training_metadata.json"
+    try:
+        while not backup.exists() and procs[1].poll() is None:
+            time.sleep(0.1)
+        assert procs[1].poll() is None, procs[1].communicate()[1][-3000:]
+        procs[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        _, err = procs[0].communicate(timeout=120)
+        waited = time.monotonic() - killed
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.communicate()  # closes the pipes
+    assert procs[0].returncode == 1, err[-3000:]
+    assert "coatnet train: error: lost contact with the other processes" in err, err[-3000:]
+    assert waited < 120
+    assert not (out / "final.weights.h5").exists()
+    epochs = [json.loads((out / d / "training_metadata.json").read_text())["epoch"]
+              for d in ("backup", "process_1/backup")]  # fmt: skip
+    assert epochs[0] == epochs[1] >= 1
+
+    logs = _finish(_start_pair(command, _free_port()))
+    for log in logs:
+        lines = [line for line in log.splitlines() if line.startswith("epoch ")]
+        # Resumed after the backed-up epoch, not from the start.
+        assert lines and lines[0].startswith(f"epoch {epochs[0] + 1}/3"), log
+        assert lines[-1].startswith("epoch 3/3"), log
+    assert _max_diff(out / "final.weights.h5", out / "process_1" / "final.weights.h5") == 0.0
+
+
+def test_jax_weights_load_and_serve_on_tensorflow(tmp_path, one_process_run):
+    weights = str(one_process_run / "final.weights.h5")
+    x = np.random.RandomState(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    load = (
+        "import keras, numpy as np\n"
+        "from keras_coatnet.configs import get_config\n"
+        "from keras_coatnet.model import CoAtNet\n"
+        f"model = CoAtNet(get_config('coatnet-digits'), input_shape=(32, 32, 3), classes=10,"
+        f" weights={weights!r})\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+    )
+    _python(load + f"np.save({str(tmp_path / 'jax.npy')!r}, model.predict(x, verbose=0))\n", "jax")
+    served = str(tmp_path / "served")
+    _python(
+        load
+        + textwrap.dedent(
+            f"""
+            import tensorflow as tf
+            from keras_coatnet.export import export
+            np.save({str(tmp_path / "tf.npy")!r}, model.predict(x, verbose=0))
+            version = export(model, {served!r})
+            loaded = tf.saved_model.load(version)
+            out = loaded.signatures["serving_default"](images=tf.constant(x))
+            np.save({str(tmp_path / "served.npy")!r}, out["probabilities"].numpy())
+            """
+        ),
+        "tensorflow",
+    )
+    on_jax = np.load(tmp_path / "jax.npy")
+    assert on_jax.shape == (4, 10) and np.ptp(on_jax) > 1e-3
+    np.testing.assert_allclose(np.load(tmp_path / "tf.npy"), on_jax, atol=1e-4)
+    np.testing.assert_allclose(np.load(tmp_path / "served.npy"), on_jax, atol=1e-4)
+
+
+def test_jax_and_tensorflow_train_alike(tmp_path, digits_root, initial_weights, one_process_run):
+    out = tmp_path / "tf"
+    _run(_command(digits_root, initial_weights, out), "tensorflow")
+    diff = _max_diff(out / "final.weights.h5", one_process_run / "final.weights.h5")
+    # float32 kernels of two compilers over 4 AdamW steps (measured: see docs/DISTRIBUTED.md).
+    assert diff <= 1e-4, diff
+    assert _max_diff(out / "final.weights.h5", initial_weights, layers_only=True) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "backend,argv,message",
+    [
+        ("jax", ["--tpu", "local"], "--tpu needs the TensorFlow backend"),
+        ("tensorflow", ["--distribution", "data-parallel"], "needs the JAX backend"),
+        (
+            "jax",
+            ["--distribution", "data-parallel", "--num-processes", "2", "--process-id", "0"],
+            "needs --coordinator-address",
+        ),
+    ],
+)
+def test_unsupported_combinations_end_with_one_clear_line(tmp_path, backend, argv, message):
+    result = subprocess.run(
+        [sys.executable, TRAIN, *argv, "--output-dir", str(tmp_path), "--quiet"],
+        env=_env(backend),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 2
+    err = [line for line in result.stderr.splitlines() if line.startswith("coatnet train")]
+    assert len(err) == 1 and message in err[0], result.stderr[-2000:]
