@@ -25,9 +25,13 @@ lint: setup
 	$(PY) -m ruff format --check .
 
 # The test suite: lint, every test on TensorFlow, the layer, cache and two timm-parity tests on JAX.
+# Two pytest-xdist workers, whole files per worker (module fixtures are built once):
+# most of the time goes to subprocesses starting up and tracing, which overlap.
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile --durations=15
+
 test: lint
-	$(PY) -m pytest -q
-	KERAS_BACKEND=jax $(PY) -m pytest -q tests/test_layers.py tests/test_bias_cache.py \
+	$(PYTEST)
+	KERAS_BACKEND=jax $(PYTEST) tests/test_layers.py tests/test_bias_cache.py \
 		tests/test_fast_paths.py tests/test_model.py -k "not parameter_count and not macs and not 384 and not 224"
 	KERAS_BACKEND=jax $(PY) -m pytest -q tests/test_timm.py \
 		-k "converted_model_matches_timm and (coatnet_0_rw_224 or coatnet_rmlp_1_rw_224)"

@@ -15,7 +15,7 @@ setup(
     install_requires=["tensorflow>=2.16", "keras>=3.0", "numpy", "h5py"],
     extras_require={
         "train": ["tensorflow-datasets", "scikit-learn", "tensorboard"],
-        "test": ["pytest", "ruff==0.17.6", "jax[cpu]"],
+        "test": ["pytest", "pytest-xdist", "ruff==0.17.6", "jax[cpu]"],
         # The PyTorch reference for conversion and parity tests. A pinned pair
         # whose torchvision imports beside its torch (timm needs torchvision);
         # see the README's developer section.
