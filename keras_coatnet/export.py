@@ -10,9 +10,10 @@ Signatures (names are the serving API):
   `[batch, k]` (the same quantity as the first output).
 - `serving_bytes`: `image_bytes`, string `[batch]` of encoded JPEG/PNG/GIF/BMP
   (the REST API's `{"b64": ...}`) -> the same outputs. Each image is decoded
-  to RGB, resized so its shorter side is `H / crop_pct` (or both sides, for
-  `crop_mode="squash"`), and centre-cropped to `H x W`: timm's evaluation
-  transform, with TensorFlow's bicubic/bilinear kernels instead of PIL's.
+  to RGB, then resized and centre-cropped to `H x W` by
+  `keras_coatnet.preprocessing.eval_transform` with the evaluation settings
+  of the model's weights (timm's `crop_pct`, crop mode and interpolation),
+  with TensorFlow's bicubic/bilinear kernels instead of PIL's.
 
 The relative attention biases are gathered once at export and enter the
 serving graph as constants: the exported graph has no gather and no variable
@@ -31,10 +32,10 @@ import sys
 import keras
 
 from keras_coatnet.layers import RelativeAttention
+from keras_coatnet.preprocessing import CROP_MODES, INTERPOLATIONS, EvalSettings, eval_transform
+from keras_coatnet.preprocessing import eval_settings as model_eval_settings
 
 OUTPUTS = ("probabilities", "logits")
-CROP_MODES = ("center", "squash")
-INTERPOLATIONS = ("bicubic", "bilinear")
 SIGNATURE_IMAGES = "serving_default"
 SIGNATURE_BYTES = "serving_bytes"
 
@@ -68,7 +69,7 @@ def _head_activation(model):
     return keras.activations.serialize(head.activation)
 
 
-def _check(model, outputs, top_k, crop_pct, crop_mode, interpolation):
+def _check(model, outputs, top_k):
     if keras.backend.backend() != "tensorflow":
         raise ValueError(
             f"export writes a TensorFlow SavedModel; the Keras backend is "
@@ -79,14 +80,6 @@ def _check(model, outputs, top_k, crop_pct, crop_mode, interpolation):
         raise ValueError(f"model must be a keras.Model, received: {model!r}")
     if outputs not in OUTPUTS:
         raise ValueError(f"outputs must be one of {OUTPUTS}, received: {outputs!r}")
-    if crop_mode not in CROP_MODES:
-        raise ValueError(f"crop_mode must be one of {CROP_MODES}, received: {crop_mode!r}")
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(
-            f"interpolation must be one of {INTERPOLATIONS}, received: {interpolation!r}"
-        )
-    if not 0.0 < crop_pct <= 1.0:
-        raise ValueError(f"crop_pct must be in (0, 1], received: {crop_pct!r}")
     names = {layer.name for layer in model.layers}
     if "preprocessing" not in names:
         raise ValueError(
@@ -123,9 +116,9 @@ def export(
     version: int | None = None,
     outputs: str = "probabilities",
     top_k: int = 5,
-    crop_pct: float = 0.95,
-    crop_mode: str = "center",
-    interpolation: str = "bicubic",
+    crop_pct: float | None = None,
+    crop_mode: str | None = None,
+    interpolation: str | None = None,
 ) -> str:
     """Write `model` as TF Serving version directory `path/<version>/`.
 
@@ -142,11 +135,14 @@ def export(
             `classifier_activation=None`).
         top_k: How many top classes to return. Defaults to `5`.
         crop_pct: Centre-crop fraction of the bytes signature (timm's
-            `crop_pct`; 0.95 for most CoAtNet weights, see
-            `keras_coatnet.weights.eval_config`).
+            `crop_pct`). Defaults to the model's evaluation settings (those
+            of its pretrained weights, `keras_coatnet.preprocessing.
+            eval_settings`), else `0.95`.
         crop_mode: `"center"` (resize the shorter side) or `"squash"`
-            (resize both sides) before the crop.
-        interpolation: `"bicubic"` or `"bilinear"` resizing.
+            (resize both sides) before the crop. Defaults as `crop_pct`,
+            else `"center"`.
+        interpolation: `"bicubic"` or `"bilinear"` resizing. Defaults as
+            `crop_pct`, else `"bicubic"`.
 
     Returns:
         The version directory written.
@@ -157,7 +153,10 @@ def export(
     """
     import tensorflow as tf
 
-    height, width, activation = _check(model, outputs, top_k, crop_pct, crop_mode, interpolation)
+    height, width, activation = _check(model, outputs, top_k)
+    changes = dict(crop_pct=crop_pct, crop_mode=crop_mode, interpolation=interpolation)
+    changes = {key: value for key, value in changes.items() if value is not None}
+    settings = model_eval_settings(model, EvalSettings()).replace(**changes)
     path = os.fspath(path)
     version = _next_version(path) if version is None else version
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
@@ -183,35 +182,24 @@ def export(
             "top_k_scores": top.values,
         }
 
-    resize_method = "bicubic" if interpolation == "bicubic" else "bilinear"
-    scale = 1.0 / crop_pct
-
     def decode_one(data):
-        tf.debugging.assert_greater(
-            tf.strings.length(data), 0, message="image_bytes holds an empty string"
+        length = tf.strings.length(data)
+        not_empty = tf.debugging.assert_greater(
+            length, 0, message="image_bytes holds an empty string"
         )
         is_jpeg = tf.strings.substr(data, 0, 2) == b"\xff\xd8"
-        complete = tf.strings.substr(data, -2, 2) == b"\xff\xd9"
-        tf.debugging.assert_equal(
-            tf.logical_or(tf.logical_not(is_jpeg), complete),
-            True,
-            message="image_bytes holds a truncated JPEG (no end-of-image marker)",
-        )
-        image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
-        image = tf.cast(image, tf.float32)
-        shape = tf.cast(tf.shape(image)[:2], tf.float32)
-        target_hw = tf.constant([height, width], tf.float32) * scale
-        if crop_mode == "center":
-            ratio = tf.reduce_max(target_hw / shape)  # shorter side to the target
-            size = tf.cast(tf.math.round(shape * ratio), tf.int32)
-            size = tf.maximum(size, tf.constant([height, width]))
-        else:
-            size = tf.cast(tf.math.round(target_hw), tf.int32)
-        image = tf.image.resize(image, size, method=resize_method, antialias=True)
-        top = (size[0] - height) // 2
-        left = (size[1] - width) // 2
-        image = image[top : top + height, left : left + width]
-        return tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), (height, width, 3))
+        complete = tf.strings.substr(data, tf.maximum(length - 2, 0), 2) == b"\xff\xd9"
+        with tf.control_dependencies([not_empty]):
+            whole_jpeg = tf.debugging.assert_equal(
+                tf.logical_or(tf.logical_not(is_jpeg), complete),
+                True,
+                message="image_bytes holds a truncated JPEG (no end-of-image marker)",
+            )
+        # The checks run before the decode: without the dependency, which error a
+        # client sees (ours or the decoder's) depends on thread scheduling.
+        with tf.control_dependencies([not_empty, whole_jpeg]):
+            image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+        return eval_transform(image, (height, width), settings)
 
     def predict_bytes(image_bytes):
         images = tf.map_fn(
@@ -265,9 +253,9 @@ def main(argv=None) -> int:
     parser.add_argument("--version", type=int)
     parser.add_argument("--outputs", choices=OUTPUTS, default="probabilities")
     parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--crop-pct", type=float, default=0.95)
-    parser.add_argument("--crop-mode", choices=CROP_MODES, default="center")
-    parser.add_argument("--interpolation", choices=INTERPOLATIONS, default="bicubic")
+    parser.add_argument("--crop-pct", type=float, help="default: the weights' own")
+    parser.add_argument("--crop-mode", choices=CROP_MODES, help="default: the weights' own")
+    parser.add_argument("--interpolation", choices=INTERPOLATIONS, help="default: the weights'")
     args = parser.parse_args(argv)
     from keras_coatnet.model import create_model
 

@@ -3,6 +3,7 @@
 import concurrent.futures
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -126,6 +127,20 @@ def test_concurrent_calls_match_serial_calls(exported):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+def test_bytes_checks_run_before_the_decode(exported):
+    """Each DecodeImage op waits for the request checks (control inputs)."""
+    import tensorflow as tf
+
+    _, _, first, _ = exported
+    graph_def = tf.saved_model.load(first).signatures["serving_bytes"].graph.as_graph_def()
+    nodes = [n for f in graph_def.library.function for n in f.node_def]
+    decodes = [n for n in nodes if n.op == "DecodeImage"]
+    assert decodes
+    for node in decodes:
+        controls = [i for i in node.input if i.startswith("^")]
+        assert len(controls) >= 2, (node.name, list(node.input))
+
+
 @pytest.mark.parametrize(
     "make,message",
     [
@@ -143,8 +158,22 @@ def test_malformed_bytes_fail_that_request_clearly(exported, make, message):
     loaded = tf.saved_model.load(first)
     pixels = images((1, 64, 64, 3))[0]
     jpeg = tf.io.encode_jpeg(tf.cast(pixels, tf.uint8)).numpy()
-    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-        loaded.signatures["serving_bytes"](image_bytes=tf.constant([make(jpeg, _png(pixels))]))
+    bad = tf.constant([make(jpeg, _png(pixels))] * 16)
+
+    def error_of(_):
+        try:
+            loaded.signatures["serving_bytes"](image_bytes=bad)
+        except tf.errors.InvalidArgumentError as error:
+            return error.message
+        return None
+
+    # The checks must run before the decode whatever the thread scheduling: many
+    # requests at once, so a race between them shows.
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        errors = list(pool.map(error_of, range(48)))
+    assert all(e is not None and re.search(message, e) for e in errors), {
+        e.splitlines()[0] if e else e for e in errors
+    }
     # The next, well-formed request is served.
     good = loaded.signatures["serving_bytes"](image_bytes=tf.constant([jpeg]))
     assert good["probabilities"].shape == (1, 10)
