@@ -25,6 +25,7 @@ from keras_coatnet.model import (
 )
 from keras_coatnet.profile import Profile, profile
 from keras_coatnet.resize import resize_relative_table
+from keras_coatnet.weights import list_pretrained
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "create_model",
     "export",
     "list_models",
+    "list_pretrained",
     "resize_relative_table",
     "StageConfig",
     "decode_predictions",

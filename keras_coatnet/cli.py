@@ -236,31 +236,21 @@ def _image_size(size, config) -> int:
     return size
 
 
-def _weights_file(weights: str, config) -> str:
-    """A local `.weights.h5` path for `--weights` (a file, 'imagenet' or a tag)."""
+def _resolve_weights(weights: str, config):
+    """`--weights` (a file, 'imagenet', a tag, hf://...) resolved once."""
     from keras_coatnet import weights as registry
 
-    if os.path.isfile(weights):
-        return weights
     if os.path.isdir(weights):
         raise CLIError(f"--weights {weights!r} is a directory; give a .weights.h5 file")
-    if weights.endswith(".h5") or "/" in weights or os.sep in weights:
-        raise CLIError(f"weights file not found: {weights!r}")
     try:
-        return registry.resolve(weights, config.name)
+        return registry.resolve(weights, config)
     except registry.WeightsFetchError as error:
         raise CLIError(str(error), code=1) from error
     except ValueError as error:
-        raise CLIError(str(error)) from error
-
-
-def _head_classes(path: str) -> int | None:
-    from keras_coatnet import loading
-
-    try:
-        return loading.head_classes(path)
-    except (OSError, ValueError) as error:
-        raise CLIError(f"cannot read weights file {path!r}: {_first_line(error)}") from error
+        message = str(error)
+        if "not a readable .weights.h5" in message:
+            message = f"cannot read weights file {weights!r}: {message}"
+        raise CLIError(message) from error
 
 
 def _build(config, size, weights=None, classes=1000, include_top=True):
@@ -279,9 +269,9 @@ def _trained_model(args):
     """The model of `--model`, `--image-size` and `--weights` (classes from the file)."""
     config = _config(args.model)
     size = _image_size(args.image_size, config)
-    path = _weights_file(args.weights, config)
-    classes = _head_classes(path)
-    model = _build(config, size, path, classes or 1000, include_top=classes is not None)
+    resolved = _resolve_weights(args.weights, config)
+    classes = resolved.classes
+    model = _build(config, size, resolved, classes or 1000, include_top=classes is not None)
     return config, size, classes, model
 
 
@@ -293,32 +283,28 @@ def _first_line(error) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _load_image(path: str, size: int, crop_pct: float | None):
-    """Pixels in 0..255, `(size, size, 3)` float32.
-
-    Without `crop_pct`, the whole image is resized to `size` x `size`
-    (bicubic), as `coatnet train` feeds its images. With it, the shorter side
-    is resized to `size / crop_pct` and the centre is cropped (timm's
-    evaluation transform).
-    """
+def _load_image(path: str, size: int, settings):
+    """Pixels in 0..255, `(size, size, 3)` float32, by `preprocessing.eval_transform`."""
     import tensorflow as tf
+
+    from keras_coatnet.preprocessing import eval_transform
 
     try:
         data = tf.io.read_file(path)
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
     except (tf.errors.OpError, ValueError) as error:
         raise CLIError(f"cannot read image {path!r}: {_first_line(error)}", code=1) from error
-    image = tf.cast(image, tf.float32)
-    if crop_pct is None:
-        image = tf.image.resize(image, (size, size), method="bicubic", antialias=True)
-    else:
-        shape = tf.cast(tf.shape(image)[:2], tf.float32)
-        scale = (size / crop_pct) / tf.reduce_min(shape)
-        resized = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
-        image = tf.image.resize(image, resized, method="bicubic", antialias=True)
-        top, left = (resized[0] - size) // 2, (resized[1] - size) // 2
-        image = image[top : top + size, left : left + size]
-    return tf.clip_by_value(image, 0.0, 255.0).numpy()
+    return eval_transform(image, (size, size), settings).numpy()
+
+
+def _eval_settings(model, crop_pct: float | None):
+    """`--crop-pct` (a centre crop), else the weights' own settings, else the whole
+    image resized, as `coatnet train` feeds its images."""
+    from keras_coatnet.preprocessing import SQUASH_WHOLE_IMAGE, EvalSettings, eval_settings
+
+    if crop_pct is not None:
+        return EvalSettings(crop_pct=crop_pct, crop_mode="center")
+    return eval_settings(model, EvalSettings(**SQUASH_WHOLE_IMAGE))
 
 
 def _is_image(name: str) -> bool:
@@ -338,10 +324,10 @@ def _batches(items, size):
         yield items[start : start + size]
 
 
-def _load_batch(pool, files, size, crop_pct):
+def _load_batch(pool, files, size, settings):
     import numpy as np
 
-    return np.stack(list(pool.map(lambda f: _load_image(f, size, crop_pct), files)))
+    return np.stack(list(pool.map(lambda f: _load_image(f, size, settings), files)))
 
 
 def _crop_pct(value):
@@ -413,6 +399,37 @@ def _count(config):
     return counted.params, counted.macs
 
 
+def _pretrained_table(names) -> None:
+    from keras_coatnet.weights import list_pretrained
+
+    rows = []
+    for entry in list_pretrained():
+        if entry.model not in names:
+            continue
+        settings = entry.eval_settings
+        stats = "0.5" if settings.mean == (0.5,) * 3 else "imagenet"
+        top1 = f"{entry.top1:.2f}" if entry.top1 is not None else "-"
+        rows.append(
+            (
+                entry.tag,
+                entry.num_classes,
+                entry.image_size,
+                f"{settings.crop_pct:g} {settings.crop_mode}",
+                stats,
+                top1,
+                entry.licence,
+            )
+        )
+    if not rows:
+        raise CLIError("no pretrained weights for the models that match --filter")
+    header = ("tag (Hub repo timm/<tag>)", "classes", "size", "crop", "mean/std", "top-1")
+    print(_table(header + ("licence",), rows, right=(1, 2, 5)))
+    print(
+        f"\n{len(rows)} tags; top-1: ImageNet-1k validation as timm reports it (- for "
+        "ImageNet-12k heads). weights='imagenet' takes the first 1000-class tag of a model."
+    )
+
+
 def cmd_models(args):
     from keras_coatnet import weights as registry
     from keras_coatnet.configs import CONFIGS
@@ -426,7 +443,10 @@ def cmd_models(args):
         raise CLIError(
             f"no model matches --filter {args.filter!r}; the models: {', '.join(sorted(CONFIGS))}"
         )
-    rows, pinned_shown, unpublished = [], False, False
+    if args.pretrained:
+        _pretrained_table(names)
+        return
+    rows, pinned_shown, has_tags = [], False, False
     start = time.perf_counter()
     with Progress(len(names), "counting", _interactive(args.quiet)) as progress:
         for name in names:
@@ -439,7 +459,7 @@ def cmd_models(args):
                 params, macs = _count(config)
                 mark = ""
             tags = registry.list_weights(name)
-            unpublished |= any(not registry.REGISTRY[t].published for t in tags)
+            has_tags |= bool(tags)
             kinds, depths, dims = _layout(config)
             rows.append(
                 (
@@ -468,10 +488,10 @@ def cmd_models(args):
             "* measured once by building the model (1.3B / 2.4B weights, 6 GiB); "
             "--all builds them again"
         )
-    if unpublished:
+    if has_tags:
         print(
-            "weights: timm's tags in keras_coatnet.weights; a file not yet published is made "
-            f"with `{PROG} convert MODEL.TAG`"
+            "weights: timm's tags, fetched from the Hugging Face Hub on first use; "
+            f"`{PROG} models --pretrained` lists them with classes, top-1 and licence"
         )
 
 
@@ -592,6 +612,7 @@ def cmd_evaluate(args):
     crop_pct = _crop_pct(args.crop_pct)
     root, class_names, examples = _eval_tree(args.dataset)
     config, size, classes, model = _trained_model(args)
+    settings = _eval_settings(model, crop_pct)
     if classes is None:
         raise CLIError(f"--weights {args.weights!r} has no classifier head to evaluate")
     if len(class_names) != classes:
@@ -607,7 +628,7 @@ def cmd_evaluate(args):
         Progress(len(examples), "evaluating", _interactive(args.quiet)) as progress,
     ):
         for i, batch in enumerate(_batches([f for f, _ in examples], args.batch_size)):
-            images = _load_batch(pool, batch, size, crop_pct)
+            images = _load_batch(pool, batch, size, settings)
             tick = time.perf_counter()
             probabilities.append(np.asarray(model.predict_on_batch(images), dtype="float64"))
             if i > 0:  # the first batch traces the function
@@ -675,6 +696,7 @@ def cmd_predict(args):
     crop_pct = _crop_pct(args.crop_pct)
     files = _inputs(args.images)
     config, size, classes, model = _trained_model(args)
+    settings = _eval_settings(model, crop_pct)
     if classes is None:
         raise CLIError(f"--weights {args.weights!r} has no classifier head to predict with")
     names = _class_names(args.classes_file, classes)
@@ -685,7 +707,7 @@ def cmd_predict(args):
     ):
         for batch in _batches(files, args.batch_size):
             probabilities = np.asarray(
-                model.predict_on_batch(_load_batch(pool, batch, size, crop_pct)), "float64"
+                model.predict_on_batch(_load_batch(pool, batch, size, settings)), "float64"
             )
             imagenet = (
                 decode_predictions(probabilities, top=top)
@@ -900,8 +922,14 @@ def parser() -> argparse.ArgumentParser:
     def add(name, help, **kwargs):
         return sub.add_parser(name, help=help, description=help, parents=[common], **kwargs)
 
-    p = add("models", "table of every variant: layout, params, MACs, published weights")
+    p = add("models", "table of every variant: layout, params, MACs, pretrained weights")
     p.add_argument("--filter", default="*", help="shell pattern on the name, e.g. 'coatnet_rmlp*'")
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="list the pretrained tags instead: Hub repo, classes, size, crop, mean/std, "
+        "top-1 as timm reports it, licence (builds nothing)",
+    )
     p.add_argument(
         "--all",
         action="store_true",
@@ -925,7 +953,9 @@ def parser() -> argparse.ArgumentParser:
     def add_trained(p):
         p.add_argument("--model", required=True, help=f"architecture (`{PROG} models`)")
         p.add_argument(
-            "--weights", required=True, help="a .weights.h5 file, 'imagenet' or a registry tag"
+            "--weights",
+            required=True,
+            help="'imagenet', a tag, hf://owner/repo, a model.safetensors or .weights.h5 file",
         )
         p.add_argument("--image-size", type=int, help="input side (default: the model's)")
 
@@ -935,7 +965,8 @@ def parser() -> argparse.ArgumentParser:
             "--crop-pct",
             type=float,
             help="resize the shorter side to size/CROP_PCT and centre-crop (timm's "
-            "evaluation, e.g. 0.95); default: resize the whole image, as `coatnet train` does",
+            "evaluation, e.g. 0.95); default: the pretrained weights' own settings, else "
+            "resize the whole image, as `coatnet train` does",
         )
 
     p = add("evaluate", "top-1/top-5 accuracy, loss and images/s over an image-folder tree")

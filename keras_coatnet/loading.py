@@ -109,17 +109,18 @@ def _resizable(stored, expected) -> bool:
     return heads == expected[1]["0"][1] and (2 * side - 1) ** 2 == rows
 
 
-def check_weights_file(model, path) -> None:
+def check_weights_file(model, path, stored=None) -> None:
     """Raise a `ValueError` naming the first variable where file and model differ.
 
     Relative tables of another (square) feature size pass: they are resized
-    when loaded.
+    when loaded. `stored` is the file's `file_structure`, when already read.
     """
     path = check_path(path)
-    try:
-        stored = file_structure(path)
-    except OSError as e:
-        raise ValueError(f"weights file {path!r} is not a readable HDF5 file: {e}") from None
+    if stored is None:
+        try:
+            stored = file_structure(path)
+        except OSError as e:
+            raise ValueError(f"weights file {path!r} is not a readable HDF5 file: {e}") from None
     expected = model_structure(model)
     for key, record in expected.items():
         if key not in stored:
@@ -142,15 +143,26 @@ def check_weights_file(model, path) -> None:
         )
 
 
-def head_classes(path) -> int | None:
-    """Number of classes of the file's classifier head, or `None` without one."""
-    for record in file_structure(check_path(path)).values():
+def structure_classes(structure) -> int | None:
+    """Number of classes of a `file_structure`'s classifier head, `None` without one."""
+    for record in structure.values():
         if record[0] == HEAD_LAYER and "0" in record[1]:
             return record[1]["0"][-1]
     return None
 
 
-def load_weights(model, path) -> None:
-    """Load a `.weights.h5` file into `model` after checking that it fits whole."""
-    check_weights_file(model, path)
+def head_classes(path) -> int | None:
+    """Number of classes of the file's classifier head, or `None` without one."""
+    return structure_classes(file_structure(check_path(path)))
+
+
+def load_weights(model, path, structure=None) -> None:
+    """Load a `.weights.h5` file into `model` after checking that it fits whole.
+
+    Args:
+        model: The model to load into.
+        path: The `.weights.h5` file.
+        structure: The file's `file_structure`, when already read.
+    """
+    check_weights_file(model, path, structure)
     model.load_weights(path)

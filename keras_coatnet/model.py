@@ -7,9 +7,8 @@ import fnmatch
 import keras
 
 from keras_coatnet import loading
-from keras_coatnet import weights as weights_registry
 from keras_coatnet.configs import CONFIGS, CoAtNetConfig, get_config
-from keras_coatnet.layers import MBConvBlock, Stem, TransformerBlock
+from keras_coatnet.layers import MBConvBlock, Preprocessing, Stem, TransformerBlock
 from keras_coatnet.layers._common import batch_norm
 
 POOLINGS = (None, "avg", "max")
@@ -50,26 +49,15 @@ def _input_shape(config, input_shape, input_tensor, include_preprocessing):
     return input_shape
 
 
-def _check_args(include_top, weights, pooling, classes):
-    """Check the arguments; returns the weights file's class count (None without one)."""
+def _check_args(include_top, resolved, pooling, classes) -> int:
+    """Check the arguments; returns the head's class count."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, received: {pooling!r}")
+    if classes is None:
+        return (resolved.classes if resolved is not None else None) or 1000
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
-        raise ValueError(f"classes must be a positive int, received: {classes!r}")
-    file_classes = None
-    if weights is not None:
-        file_classes = loading.head_classes(weights)
-        if include_top and file_classes is None:
-            raise ValueError(
-                f"weights file {weights!r} has no classifier head; use include_top=False with it"
-            )
-        if include_top and file_classes != classes:
-            raise ValueError(
-                f"classes={classes} does not fit the weights file {weights!r}, whose "
-                f"head has {file_classes} classes; pass classes={file_classes}, or "
-                "include_top=False and add your own head"
-            )
-    return file_classes
+        raise ValueError(f"classes must be None or a positive int, received: {classes!r}")
+    return classes
 
 
 def _stem_and_stages(x, config, drop_path_rate, cache_bias, sync_batchnorm=False):
@@ -177,7 +165,7 @@ def CoAtNet(
     input_tensor=None,
     input_shape=None,
     pooling: str | None = None,
-    classes: int = 1000,
+    classes: int | None = None,
     classifier_activation="softmax",
     include_preprocessing: bool = True,
     drop_path_rate: float = 0.0,
@@ -191,22 +179,32 @@ def CoAtNet(
         config: The architecture, e.g. `keras_coatnet.CONFIGS["coatnet-0"]`.
         include_top: Include the classifier head (pool, LayerNorm, tanh
             pre-logits, dense). Defaults to `True`.
-        weights: `None` (random initialization), the path to a
-            `.weights.h5` file saved from a model of the same architecture,
-            `"imagenet"` or a tag of `keras_coatnet.weights.REGISTRY` (fetched
-            and SHA-256 checked). The whole file is checked before anything
-            is loaded; relative tables saved at another image size are
-            resized as timm does. Defaults to `None`.
+        weights: `None` (random initialization); `"imagenet"` (timm's
+            default tag of the architecture) or a tag such as `"sw_in1k"` /
+            `"coatnet_0_rw_224.sw_in1k"`, fetched from the Hugging Face Hub
+            and converted without torch (cached after the first load);
+            `"hf://owner/repo[@revision]"`, any timm-format CoAtNet
+            checkpoint on the Hub; or the path to a timm `model.safetensors`
+            or to a `.weights.h5` file of the same architecture. The whole
+            file is checked before anything is loaded; relative tables of
+            another image size are resized as timm does. See
+            `keras_coatnet.weights.resolve`. Defaults to `None`.
         input_tensor: Optional Keras tensor to use as the image input.
         input_shape: `(height, width, channels)`; height and width must be
             static multiples of 32. Defaults to the variant's default size.
         pooling: With `include_top=False`: `None` returns the S4 feature map,
             `"avg"` or `"max"` a pooled vector.
-        classes: Number of classes of the head. Defaults to `1000`.
+        classes: Number of classes of the head. Defaults to the weights'
+            head (11821 for timm's ImageNet-12k tags), else `1000`. Another
+            number with pretrained weights keeps their backbone under a
+            fresh head (fine-tuning).
         classifier_activation: Activation of the last layer, or `None` for
             logits. Defaults to `"softmax"`.
         include_preprocessing: Include a layer that maps pixels in `[0, 255]`
-            to `(x / 255 - mean) / std`. Defaults to `True`.
+            to `(x / 255 - mean) / std`, with the mean and std of the
+            weights' checkpoint (else of the architecture); the layer also
+            keeps the checkpoint's evaluation settings
+            (`keras_coatnet.preprocessing.eval_settings`). Defaults to `True`.
         drop_path_rate: Stochastic depth rate of the last block; earlier
             blocks get linearly smaller rates. Defaults to `0.0`.
         cache_bias: Cache each attention block's gathered relative bias for
@@ -232,9 +230,10 @@ def CoAtNet(
         raise ValueError(f"config must be a CoAtNetConfig, received: {config!r}")
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), received: {drop_path_rate!r}")
-    if weights is not None:
-        weights = weights_registry.resolve(weights, config.name)
-    file_classes = _check_args(include_top, weights, pooling, classes)
+    from keras_coatnet.weights import resolve
+
+    resolved = resolve(weights, config)
+    classes = _check_args(include_top, resolved, pooling, classes)
     input_shape = _input_shape(config, input_shape, input_tensor, include_preprocessing)
     if input_tensor is None:
         inputs = keras.Input(shape=input_shape, name="images")
@@ -244,36 +243,43 @@ def CoAtNet(
         inputs = input_tensor
     x = inputs
     if include_preprocessing:
-        # (x / 255 - mean) / std as one affine map.
-        x = keras.layers.Rescaling(
-            scale=[1.0 / (255.0 * s) for s in config.std],
-            offset=[-m / s for m, s in zip(config.mean, config.std, strict=True)],
+        settings = resolved.eval_settings if resolved is not None else None
+        x = Preprocessing(
+            mean=settings.mean if settings else config.mean,
+            std=settings.std if settings else config.std,
+            eval_settings=settings,
             name="preprocessing",
         )(x)
     x, _ = _stem_and_stages(x, config, drop_path_rate, cache_bias, sync_batchnorm)
     x = _head(x, config, include_top, pooling, classes, classifier_activation, sync_batchnorm)
     model = keras.Model(inputs, x, name=name or config.name.replace("-", "_"))
-    if weights is not None:
-        _load(model, weights, file_classes, config, include_top, include_preprocessing)
+    if resolved is not None:
+        _load(model, resolved, config, include_top, classes, cache_bias)
     return model
 
 
-def _load(model, weights, file_classes, config, include_top, include_preprocessing):
-    """Load `weights`; without a top, take the backbone from a full model."""
-    if include_top or file_classes is None:
-        loading.load_weights(model, weights)
+def _load(model, resolved, config, include_top, classes, cache_bias):
+    """Load the resolved file whole, or its backbone under a new or no head."""
+    if include_top and resolved.classes is None:
+        raise ValueError(
+            f"weights {resolved.source} have no classifier head; use include_top=False"
+        )
+    if (resolved.classes == classes) if include_top else resolved.classes is None:
+        loading.load_weights(model, resolved.path, resolved.structure)
         return
-    full = CoAtNet(
+    # Another head (or none): load the file into a model shaped like it, then
+    # copy every layer but the classifier.
+    source = CoAtNet(
         config,
-        include_top=True,
-        weights=weights,
         input_shape=model.input.shape[1:],
-        classes=file_classes,
-        include_preprocessing=include_preprocessing,
+        classes=resolved.classes,
+        include_preprocessing=False,
+        cache_bias=cache_bias,
     )
+    loading.load_weights(source, resolved.path, resolved.structure)
     for layer in model.layers:
-        if layer.weights:
-            layer.set_weights(full.get_layer(layer.name).get_weights())
+        if layer.weights and layer.name != loading.HEAD_LAYER:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -347,12 +353,15 @@ _FACTORY_DOC = """Instantiate the CoAtNet-{n} architecture.
 
     Args:
         include_top: Include the classifier head. Defaults to `True`.
-        weights: `None` or the path to a `.weights.h5` file. Defaults to `None`.
+        weights: `None`. The paper's CoAtNet-{n} has no published weights;
+            `keras_coatnet.list_pretrained()` lists timm's variants that
+            have. A `.weights.h5` file of this architecture also loads.
+            Defaults to `None`.
         input_tensor: Optional Keras tensor to use as the image input.
         input_shape: `(height, width, 3)` with sides that are multiples of
             32. Defaults to `(224, 224, 3)`.
         pooling: With `include_top=False`: `None`, `"avg"` or `"max"`.
-        classes: Number of classes. Defaults to `1000`.
+        classes: Number of classes. Defaults to the weights' head, else `1000`.
         classifier_activation: Activation of the last layer. Defaults to
             `"softmax"`.
         include_preprocessing: Map `[0, 255]` pixels to the model's
@@ -378,7 +387,7 @@ def _factory(n: int):
         input_tensor=None,
         input_shape=None,
         pooling=None,
-        classes=1000,
+        classes=None,
         classifier_activation="softmax",
         include_preprocessing=True,
         drop_path_rate=0.0,

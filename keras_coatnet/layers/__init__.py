@@ -5,6 +5,7 @@ from keras_coatnet.layers.batch_norm import BatchNorm
 from keras_coatnet.layers.drop_path import DropPath
 from keras_coatnet.layers.layer_scale import LayerScale
 from keras_coatnet.layers.mbconv import MBConvBlock, SqueezeExcite
+from keras_coatnet.layers.preprocessing import Preprocessing
 from keras_coatnet.layers.stem import Stem
 from keras_coatnet.layers.transformer import TransformerBlock
 
@@ -13,6 +14,7 @@ __all__ = [
     "DropPath",
     "LayerScale",
     "MBConvBlock",
+    "Preprocessing",
     "RelativeAttention",
     "SqueezeExcite",
     "Stem",

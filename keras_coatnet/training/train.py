@@ -154,32 +154,19 @@ def build_model(
 ) -> keras.Model:
     """The model to train, started from `weights` when given.
 
-    A file whose head has `classes` outputs loads whole; otherwise its
-    backbone is loaded (every layer up to the head, names matched) and the
-    head keeps its fresh initialization. Relative tables of another image
-    size are resized on load.
+    Weights whose head has `classes` outputs load whole; otherwise their
+    backbone is loaded and the head keeps its fresh initialization (the
+    builder's fine-tuning rule). Relative tables of another image size are
+    resized on load.
     """
-    from keras_coatnet import loading
-    from keras_coatnet import weights as registry
-
-    shape = (size, size, 3)
-    common = dict(
-        input_shape=shape,
+    return CoAtNet(
+        config,
+        weights=weights,
+        input_shape=(size, size, 3),
         classes=classes,
         drop_path_rate=drop_path_rate,
         sync_batchnorm=sync_batchnorm,
     )
-    if weights is None:
-        return CoAtNet(config, **common)
-    path = registry.resolve(weights, config.name)
-    if loading.head_classes(path) == classes:
-        return CoAtNet(config, weights=path, **common)
-    model = CoAtNet(config, **common)
-    backbone = CoAtNet(config, include_top=False, input_shape=shape, weights=path)
-    for layer in backbone.layers:
-        if layer.weights:
-            model.get_layer(layer.name).set_weights(layer.get_weights())
-    return model
 
 
 def _use_xla(flag: str, strategy) -> bool:

@@ -1,0 +1,42 @@
+"""Pretrained weights: timm's Hub checkpoints, fetched, checked and converted without torch.
+
+    model = keras_coatnet.create_model("coatnet_0_rw_224", weights="imagenet")
+
+`registry` lists timm's tags with their evaluation settings; `hub` fetches
+files with `huggingface_hub` and checks them against the Hub's hashes;
+`checkpoint` reads safetensors as NumPy and caches the converted
+`.weights.h5`; `resolve` turns any `weights=` argument into one
+`ResolvedWeights`. See docs/WEIGHTS.md.
+"""
+
+from keras_coatnet.weights.checkpoint import CONVERTER_VERSION
+from keras_coatnet.weights.hub import WeightsFetchError, sha256_of
+from keras_coatnet.weights.registry import (
+    IMAGENET,
+    REGISTRY,
+    WeightsEntry,
+    closest_tags,
+    default_tag,
+    get_entry,
+    list_pretrained,
+    list_weights,
+    models_with_weights,
+)
+from keras_coatnet.weights.resolve import ResolvedWeights, resolve
+
+__all__ = [
+    "CONVERTER_VERSION",
+    "IMAGENET",
+    "REGISTRY",
+    "ResolvedWeights",
+    "WeightsEntry",
+    "WeightsFetchError",
+    "closest_tags",
+    "default_tag",
+    "get_entry",
+    "list_pretrained",
+    "list_weights",
+    "models_with_weights",
+    "resolve",
+    "sha256_of",
+]

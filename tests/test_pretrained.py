@@ -1,0 +1,389 @@
+"""Pretrained weights end to end: a local Hub on 127.0.0.1, timm's logits, bad input.
+
+The real loading code runs unchanged: `huggingface_hub` fetches from a local
+server (`tests/hub_server.py`) that serves the Hub's `resolve` layout, with
+files written here from BatchNorm-randomised timm models. Nothing reaches
+the network.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hub_server import HubServer, write_repo
+
+import keras_coatnet as kc
+from keras_coatnet.weights import checkpoint, hub, registry
+
+PICO = "coatnet_pico_rw_224"
+PICO_TAG = f"{PICO}.sw_test"
+TOLERANCE = 1e-4
+SIZE = 64
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """Empty caches, a registry entry for a small architecture, and a served repo root."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setitem(registry.REGISTRY, PICO_TAG, registry.WeightsEntry(PICO_TAG))
+    return tmp_path
+
+
+@pytest.fixture
+def served(env, monkeypatch):
+    with HubServer(env / "hub") as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        yield server
+
+
+def _cached_files(root):
+    """Every file a later load could take for a snapshot or a converted entry."""
+    found = []
+    for base in (root / "hf", root / "keras"):
+        for folder, _, files in os.walk(base):
+            for name in files:
+                path = os.path.join(folder, name)
+                if "snapshots" in path or "converted" in path or "/blobs/" in path:
+                    if not name.endswith((".incomplete", ".lock")):
+                        found.append(path)
+    return found
+
+
+def _load(weights, model=PICO):
+    return kc.create_model(model, weights=weights, input_shape=(SIZE, SIZE, 3))
+
+
+# -- bad input: one line, nothing half-loaded, nothing cached ------------------------
+
+
+def test_an_unknown_tag_lists_close_matches(env):
+    with pytest.raises(ValueError) as info:
+        _load("sw_tset")
+    message = str(info.value)
+    assert "unknown weights 'sw_tset'" in message and "did you mean sw_test" in message
+    assert "\n" not in message
+    with pytest.raises(ValueError, match="did you mean coatnet_0_rw_224.sw_in1k"):
+        kc.create_model("coatnet_0_rw_224", weights="coatnet_0_rw_224.sw_in1kk")
+
+
+def test_a_tag_of_another_architecture_names_both(env):
+    with pytest.raises(ValueError) as info:
+        _load("coatnet_0_rw_224.sw_in1k")
+    assert str(info.value) == (
+        f"weights 'coatnet_0_rw_224.sw_in1k' are for 'coatnet_0_rw_224', not for "
+        f"'{PICO}'; the tags of '{PICO}': {PICO_TAG}"
+    )
+
+
+@pytest.mark.parametrize(
+    "factory, closest",
+    [
+        (kc.CoAtNet0, ["coatnet_0_rw_224.sw_in1k", "coatnet_bn_0_rw_224.sw_in1k"]),
+        (kc.CoAtNet2, ["coatnet_2_rw_224.sw_in12k_ft_in1k", "coatnet_rmlp_2_rw_384."]),
+        (kc.CoAtNet5, ["coatnet_3_rw_224.sw_in12k"]),
+    ],
+)
+def test_paper_models_say_they_have_no_weights_and_name_the_closest(factory, closest):
+    with pytest.raises(ValueError) as info:
+        factory(weights="imagenet")
+    message = str(info.value)
+    assert message.startswith("no pretrained weights exist for 'coatnet-")
+    assert all(tag in message for tag in closest), message
+
+
+def test_a_missing_repo_names_the_url_and_the_options(served, env):
+    with pytest.raises(kc.weights.WeightsFetchError) as info:
+        _load("sw_test")
+    message = str(info.value)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, OSError)
+    assert f"no repository 'timm/{PICO_TAG}' at {served.endpoint}" in message
+    assert f"{served.endpoint}/timm/{PICO_TAG}/resolve/main/model.safetensors" in message
+    assert _cached_files(env) == []
+
+
+def test_a_repo_without_the_file_names_it(served, env):
+    write_repo(env / "hub", f"timm/{PICO_TAG}", {"README.md": b"no weights here"})
+    with pytest.raises(kc.weights.WeightsFetchError, match="has no file 'model.safetensors'"):
+        _load("sw_test")
+    assert _cached_files(env) == []
+
+
+def test_a_refused_connection_names_the_url_endpoint_and_offline_options(env, monkeypatch):
+    import huggingface_hub.utils._http as hf_http
+
+    monkeypatch.setattr(hf_http.time, "sleep", lambda seconds: None)  # the client's backoff
+    with HubServer(env / "hub") as server:
+        endpoint = server.endpoint  # a port that is closed once the server stops
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    with pytest.raises(kc.weights.WeightsFetchError) as info:
+        _load("sw_test")
+    message = str(info.value)
+    assert f"could not fetch {endpoint}/timm/{PICO_TAG}/resolve/main/model.safetensors" in message
+    assert "ConnectError" in message
+    assert "HF_ENDPOINT" in message and "HF_HUB_OFFLINE=1" in message
+    assert _cached_files(env) == []
+
+
+def test_offline_with_nothing_cached_says_so(served, env, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(kc.weights.WeightsFetchError) as info:
+        _load("sw_test")
+    assert "HF_HUB_OFFLINE is set and the file is not in the cache" in str(info.value)
+    assert served.requests == []
+    assert _cached_files(env) == []
+
+
+@pytest.mark.parametrize(
+    "fault, match",
+    [("cut", "Consistency check failed"), ("corrupt", "failed its integrity check")],
+)
+def test_a_download_cut_short_or_corrupt_leaves_nothing_cached(served, env, fault, match):
+    data = os.urandom(4096)
+    write_repo(env / "hub", f"timm/{PICO_TAG}", {"model.safetensors": data})
+    served.faults[(f"timm/{PICO_TAG}", "model.safetensors")] = fault
+    with pytest.raises(kc.weights.WeightsFetchError, match=match) as info:
+        _load("sw_test")
+    assert "model.safetensors" in str(info.value)
+    assert _cached_files(env) == []
+
+
+def test_a_file_that_is_not_safetensors_is_named_and_not_converted(served, env):
+    write_repo(env / "hub", f"timm/{PICO_TAG}", {"model.safetensors": b"<html>oops</html>" * 9})
+    with pytest.raises(ValueError, match="is not a readable safetensors file") as info:
+        _load("sw_test")
+    assert f"timm/{PICO_TAG}/resolve/main/model.safetensors" in str(info.value)
+    assert [p for p in _cached_files(env) if "converted" in p] == []
+
+
+def test_safetensors_of_another_model_name_the_first_missing_tensor(served, env):
+    from safetensors.numpy import save_file
+
+    save_file({"head.fc.weight": np.zeros((10, 8), "float32")}, str(env / "other.safetensors"))
+    data = (env / "other.safetensors").read_bytes()
+    write_repo(env / "hub", f"timm/{PICO_TAG}", {"model.safetensors": data})
+    with pytest.raises(ValueError) as info:
+        _load("sw_test")
+    assert f"does not fit {PICO}: the timm state dict has no 'stem.conv1.weight'" in str(info.value)
+    assert [p for p in _cached_files(env) if "converted" in p] == []
+
+
+def test_a_pickle_is_refused_with_how_to_convert(served, env, tmp_path):
+    pickle = b"\x80\x02}q\x00." + b"\x00" * 64
+    write_repo(env / "hub", "someone/ft", {"config.json": _config_json(PICO, 10)})
+    write_repo(env / "hub", "someone/ft", {"pytorch_model.bin": pickle})
+    for weights in ("hf://someone/ft", str(tmp_path / "x.bin")):
+        (tmp_path / "x.bin").write_bytes(pickle)
+        with pytest.raises(ValueError, match="is a PyTorch pickle, which can run code") as info:
+            _load(weights)
+        assert "save_file(torch.load(" in str(info.value)
+    # A pickle renamed to .safetensors is recognised as well.
+    (tmp_path / "model.safetensors").write_bytes(pickle)
+    with pytest.raises(ValueError, match="PyTorch pickle"):
+        _load(str(tmp_path / "model.safetensors"))
+    assert [p for p in _cached_files(env) if "converted" in p] == []
+
+
+def test_hf_repos_of_another_architecture_or_malformed_are_refused(served, env):
+    write_repo(env / "hub", "someone/big", {"config.json": _config_json("coatnet_0_rw_224", 7)})
+    write_repo(env / "hub", "someone/vit", {"config.json": _config_json("vit_base_patch16", 7)})
+    with pytest.raises(ValueError, match="holds a coatnet_0_rw_224, not a coatnet_pico_rw_224"):
+        _load("hf://someone/big")
+    with pytest.raises(ValueError, match="architecture 'vit_base_patch16', not a CoAtNet"):
+        _load("hf://someone/vit")
+    with pytest.raises(ValueError, match="must be 'hf://owner/repo'"):
+        _load("hf://just-a-name")
+    with pytest.raises(kc.weights.WeightsFetchError, match="revision 'nope' of 'someone/big'"):
+        _load("hf://someone/big@nope")
+
+
+def test_a_corrupt_weights_h5_file_is_named(tmp_path):
+    path = tmp_path / "broken.weights.h5"
+    path.write_bytes(b"not hdf5 at all" * 10)
+    with pytest.raises(ValueError) as info:
+        _load(str(path))
+    assert str(info.value).startswith(f"weights file {str(path)!r} is not a readable .weights.h5")
+
+
+def _config_json(architecture, classes, **pretrained_cfg):
+    cfg = {"input_size": [3, 224, 224], "crop_pct": 0.95, "interpolation": "bicubic"}
+    cfg.update(pretrained_cfg)
+    return json.dumps(
+        {"architecture": architecture, "num_classes": classes, "pretrained_cfg": cfg}
+    ).encode()
+
+
+# -- the real thing: timm's logits through the Hub path, torch unimportable ---------------
+
+_CHILD = textwrap.dedent(
+    """
+    import json, os, sys
+
+    class Block:  # torch and timm cannot be imported in this process
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "timm", "torchvision"):
+                raise ModuleNotFoundError(f"No module named {name!r}")
+
+    sys.meta_path.insert(0, Block())
+    sys.path.insert(0, sys.argv[2])
+    import numpy as np
+    import keras_coatnet as kc
+    from keras_coatnet.preprocessing import eval_settings
+    from keras_coatnet.weights import checkpoint
+    from hub_server import HubServer
+
+    work = sys.argv[1]
+    cases = json.load(open(os.path.join(work, "cases.json")))
+    x = np.load(os.path.join(work, "x.npy"))
+
+    def run(case):
+        model = kc.create_model(case["model"], weights=case["weights"],
+                                input_shape=x.shape[1:], classifier_activation=None)
+        settings = eval_settings(model)
+        return np.asarray(model(x)), None if settings is None else settings.to_dict()
+
+    out = {}
+    with HubServer(os.path.join(work, "hub")) as server:
+        os.environ["HF_ENDPOINT"] = server.endpoint
+        for name, case in cases.items():
+            out[name], settings = run(case)
+            out[name + ".settings"] = json.dumps(settings)
+        served = len(server.requests)
+
+    # Server gone: the second load is a plain Keras load of the cached conversion.
+    def refuse(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    checkpoint.convert = checkpoint.read_state = refuse
+    for name, case in cases.items():
+        np.testing.assert_array_equal(run(case)[0], out[name])
+    np.savez(os.path.join(work, "out.npz"), **out)
+    print("requests", served, "torch" in sys.modules)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def timm_cases(tmp_path_factory):
+    """Hub repos written from BatchNorm-randomised timm models, and timm's logits."""
+    from safetensors.numpy import save_file
+
+    from keras_coatnet._timm import import_timm
+
+    try:  # not pytest.importorskip: torch must be imported through import_timm
+        torch, timm = import_timm()
+    except ImportError as error:
+        pytest.skip(str(error))
+    from test_timm import _timm_model
+
+    torch.set_num_threads(2)
+    from timm.models.maxxvit import checkpoint_filter_fn
+
+    work = tmp_path_factory.mktemp("pretrained")
+    x = np.random.RandomState(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
+    np.save(work / "x.npy", x)
+
+    def serve(repo_id, model, files=None):
+        state = {k: v.numpy() for k, v in model.state_dict().items()}
+        path = work / "tmp.safetensors"
+        save_file(state, str(path))
+        write_repo(work / "hub", repo_id, {"model.safetensors": path.read_bytes(), **(files or {})})
+        return path
+
+    def logits(model, mean, std):
+        small = timm.create_model(
+            model.pretrained_cfg["architecture"], img_size=SIZE, num_classes=model.num_classes
+        ).eval()
+        small.load_state_dict(checkpoint_filter_fn(model.state_dict(), small))
+        inputs = (x / 255.0 - np.array(mean, "float32")) / np.array(std, "float32")
+        with torch.no_grad():
+            return small(torch.from_numpy(inputs.transpose(0, 3, 1, 2))).numpy()
+
+    cases, want = {}, {}
+    half = (0.5, 0.5, 0.5)
+    # A table-bias rw model at 224 (tables resized to 64 on load), its default tag.
+    nano = _timm_model(torch, "coatnet_nano_rw_224")
+    serve("timm/coatnet_nano_rw_224.sw_in1k", nano)
+    cases["rw"] = {"model": "coatnet_nano_rw_224", "weights": "imagenet"}
+    want["rw"] = logits(nano, half, half)
+    # An rmlp model by its short tag.
+    rmlp = _timm_model(torch, "coatnet_rmlp_nano_rw_224")
+    local = serve("timm/coatnet_rmlp_nano_rw_224.sw_in1k", rmlp)
+    cases["rmlp"] = {"model": "coatnet_rmlp_nano_rw_224", "weights": "sw_in1k"}
+    want["rmlp"] = logits(rmlp, half, half)
+    # The same checkpoint as a local file (no config.json beside it: the default tag's settings).
+    os.replace(local, work / "model.safetensors")
+    cases["local"] = {
+        "model": "coatnet_rmlp_nano_rw_224",
+        "weights": str(work / "model.safetensors"),
+    }
+    want["local"] = want["rmlp"]
+    # An ImageNet-12k tag, 11821 classes with its head.
+    in12k = _timm_model(torch, "coatnet_rmlp_1_rw2_224", num_classes=11821)
+    serve("timm/coatnet_rmlp_1_rw2_224.sw_in12k", in12k)
+    cases["in12k"] = {
+        "model": "coatnet_rmlp_1_rw2_224",
+        "weights": "coatnet_rmlp_1_rw2_224.sw_in12k",
+    }
+    want["in12k"] = logits(in12k, half, half)
+    # A user's fine-tune on the Hub: its own classes and ImageNet statistics from config.json.
+    tuned = _timm_model(torch, "coatnet_rmlp_nano_rw_224", num_classes=5)
+    stats = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "crop_pct": 0.875}
+    config = _config_json("coatnet_rmlp_nano_rw_224", 5, **stats)
+    serve("someone/coatnet-flowers", tuned, {"config.json": config})
+    cases["hf"] = {"model": "coatnet_rmlp_nano_rw_224", "weights": "hf://someone/coatnet-flowers"}
+    want["hf"] = logits(tuned, stats["mean"], stats["std"])
+    (work / "cases.json").write_text(json.dumps(cases))
+    return work, want
+
+
+def test_hub_weights_give_timms_logits_without_torch_then_load_from_cache(timm_cases):
+    work, want = timm_cases
+    env = dict(os.environ, HF_HUB_CACHE=str(work / "hf"), KERAS_HOME=str(work / "keras"))
+    env.pop("HF_HUB_OFFLINE", None)
+    tests = os.path.dirname(__file__)
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(work), tests],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.split()[-1] == "False"  # torch never loaded
+    got = np.load(work / "out.npz")
+    for name, expected in want.items():
+        assert got[name].shape == expected.shape, name
+        assert np.abs(expected).max() > 0.1
+        np.testing.assert_allclose(got[name], expected, rtol=0, atol=TOLERANCE, err_msg=name)
+    settings = {name: json.loads(str(got[name + ".settings"])) for name in want}
+    assert settings["rw"]["crop_pct"] == 0.9 and settings["rw"]["mean"] == [0.5] * 3
+    assert settings["hf"]["crop_pct"] == 0.875 and settings["hf"]["std"][0] == 0.229
+    assert settings["local"] == settings["rmlp"]
+    # One converted entry per checkpoint (the local file shares the rmlp one's bytes, not its key).
+    converted = sorted(os.listdir(work / "keras" / "keras_coatnet" / "converted"))
+    assert len([n for n in converted if n.endswith(".weights.h5")]) == 5
+    assert not [n for n in converted if n.startswith(".")]
+
+
+def test_the_cache_key_follows_the_content_and_the_converter(monkeypatch):
+    a = checkpoint.entry_name("timm--x", "ab" * 32, "c" * 40)
+    assert a != checkpoint.entry_name("timm--x", "cd" * 32, "c" * 40)  # a re-upload
+    assert a != checkpoint.entry_name("timm--x", "ab" * 32, "d" * 40)  # another revision
+    monkeypatch.setattr(checkpoint, "CONVERTER_VERSION", checkpoint.CONVERTER_VERSION + 1)
+    assert a != checkpoint.entry_name("timm--x", "ab" * 32, "c" * 40)  # a converter fix
+
+
+def test_hub_settings_are_read_when_called(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9/")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "yes")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    assert hub.endpoint() == "http://127.0.0.1:9" and hub.offline()
+    assert hub.cache_dir() == str(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert not hub.offline()
