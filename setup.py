@@ -12,7 +12,16 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["keras_coatnet", "keras_coatnet.*"]),
     package_data={"keras_coatnet": ["data/*.json"]},
-    install_requires=["tensorflow>=2.16", "keras>=3.0", "numpy", "h5py"],
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.0",
+        "numpy",
+        "h5py",
+        # Pretrained weights: the Hub client (cache, mirrors, offline mode) and
+        # safetensors read as NumPy. Lower bounds are the versions the tests ran.
+        "huggingface_hub>=2.4,<3",
+        "safetensors>=0.8,<1",
+    ],
     extras_require={
         "train": ["tensorflow-datasets", "scikit-learn", "tensorboard"],
         "test": ["pytest", "pytest-xdist", "ruff==0.17.6", "jax[cpu]"],

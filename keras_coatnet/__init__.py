@@ -4,7 +4,12 @@ import keras_coatnet
 model = keras_coatnet.CoAtNet1(weights=None, input_shape=(384, 384, 3))
 """
 
-from keras_coatnet import convert, layers, weights  # noqa: F401 - layers registers every layer
+from keras_coatnet import (  # noqa: F401 - layers registers every layer
+    convert,
+    layers,
+    preprocessing,
+    weights,
+)
 from keras_coatnet.configs import CONFIGS, CoAtNetConfig, StageConfig, get_config
 from keras_coatnet.export import export
 from keras_coatnet.imagenet_utils import decode_predictions, preprocess_input

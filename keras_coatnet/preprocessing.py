@@ -165,3 +165,25 @@ def eval_settings(model, default: EvalSettings | None = None) -> EvalSettings | 
         return default
     settings = getattr(layer, "eval_settings", None)
     return settings if settings is not None else default
+
+
+def prepare_image(image, model, settings: EvalSettings | None = None):
+    """One decoded image, resized and cropped for `model` as its weights were evaluated.
+
+    Args:
+        image: `(h, w, 3)` RGB pixels in 0..255 (a NumPy array, a PIL image
+            or a tensor), any size.
+        model: A CoAtNet with a fixed input size; its preprocessing layer
+            supplies the evaluation settings of its weights.
+        settings: Overrides the model's settings. Defaults to the model's,
+            else `EvalSettings()` (crop 0.95, centre, bicubic).
+
+    Returns:
+        A `(H, W, 3)` float32 NumPy array of pixels in 0..255, ready for a
+        model built with `include_preprocessing=True` (add the batch axis).
+    """
+    import numpy as np
+
+    _, height, width, _ = model.input.shape
+    settings = settings or eval_settings(model, EvalSettings())
+    return np.asarray(eval_transform(np.asarray(image), (height, width), settings))

@@ -361,7 +361,7 @@ def _batch_cases(files):
         "unknown-tag",
         ["predict", image, *no_tag],
         2,
-        r"no pretrained weights exist for model 'coatnet-digits'",
+        r"no pretrained weights exist for 'coatnet-digits' \(weights='sw_in1k'\)",
     )
     other = ["--model", "coatnet-0", "--image-size", "64", "--weights", weights]
     case(

@@ -254,13 +254,13 @@ def test_fine_tuning_start_resizes_tables_and_keeps_a_fresh_head(tmp_path):
         kc.resize_relative_table(np.asarray(attn.relative_table), (4, 4), (6, 6)),
         atol=1e-7,
     )
-    # Other classes: backbone from the file, a fresh 3-class head.
+    # Other classes: everything but the classifier from the file (timm's
+    # reset_classifier keeps the norm and pre-logits), a fresh 3-class classifier.
     other = build_model(TINY, 64, 3, weights=path)
-    np.testing.assert_array_equal(
-        other.get_layer("stage2_block1").get_weights()[0],
-        source.get_layer("stage2_block1").get_weights()[0],
-    )
-    np.testing.assert_array_equal(other.get_layer("head_norm").get_weights()[0], 1.0)  # fresh
+    for name in ("stage2_block1", "head_norm", "head_pre_logits"):
+        np.testing.assert_array_equal(
+            other.get_layer(name).get_weights()[0], source.get_layer(name).get_weights()[0]
+        )
     assert other.get_layer("predictions").get_weights()[0].shape[-1] == 3
 
 
