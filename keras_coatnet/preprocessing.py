@@ -114,13 +114,13 @@ def resized_size(height, width, target_hw, settings: EvalSettings):
     """
     import tensorflow as tf
 
-    scale_hw = tf.constant([int(s / settings.crop_pct) for s in target_hw], tf.float32)
+    scale = [int(s / settings.crop_pct) for s in target_hw]
     if settings.crop_mode == "squash":
-        return tf.cast(scale_hw, tf.int32)
+        return tf.constant(scale, tf.int32)
     shape = tf.cast(tf.stack([height, width]), tf.float32)
-    ratio = tf.reduce_max(scale_hw / shape)
+    ratio = tf.reduce_max(tf.constant(scale, tf.float32) / shape)
     size = tf.cast(tf.math.floor(shape * ratio + 1e-3), tf.int32)
-    return tf.maximum(size, tf.cast(scale_hw, tf.int32))
+    return tf.maximum(size, tf.constant(scale, tf.int32))
 
 
 def eval_transform(image, target_hw, settings: EvalSettings):

@@ -268,3 +268,43 @@ def test_export_command_writes_a_version(tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and "Unknown CoAtNet variant 'coatnet-99'" in bad.stderr
+
+
+def test_bytes_signature_follows_the_weights_eval_settings(tmp_path):
+    """A model carrying squash/1.0 settings serves a non-square image squashed whole."""
+    import tensorflow as tf
+
+    from keras_coatnet.preprocessing import EvalSettings, eval_transform
+    from keras_coatnet.weights import resolve
+    from keras_coatnet.weights.resolve import ResolvedWeights
+
+    source = tiny_model(classifier_activation=None)
+    randomize(source)
+    source.save_weights(str(tmp_path / "w.weights.h5"))
+    settings = EvalSettings(crop_pct=1.0, crop_mode="squash")
+    resolved = resolve(str(tmp_path / "w.weights.h5"), source_config())
+    model = tiny_model(
+        weights=ResolvedWeights(**{**resolved.__dict__, "eval_settings": settings}),
+        classifier_activation=None,
+    )
+    target = kc.export(model, tmp_path / "serving", outputs="logits")
+    # Bright at the top, dark at the bottom: the centre crop cuts both ends off.
+    ramp = np.repeat(np.linspace(255, 0, 96)[:, None], 64, axis=1)
+    pixels = np.round(np.stack([ramp, 255 - ramp, ramp**2 / 255], axis=-1)).astype("float32")
+    served = (
+        tf.saved_model.load(target)
+        .signatures["serving_bytes"](image_bytes=tf.constant([_png(pixels)]))["logits"]
+        .numpy()
+    )
+    squashed = tf.image.resize(pixels, (64, 64), method="bicubic", antialias=True)
+    want = model.predict(np.clip(squashed.numpy(), 0, 255)[None], verbose=0)
+    np.testing.assert_allclose(served, want, atol=1e-5)
+    # The default centre crop would see another picture.
+    centre = eval_transform(pixels, (64, 64), EvalSettings()).numpy()
+    assert np.abs(model.predict(centre[None], verbose=0) - want).max() > 1e-3
+
+
+def source_config():
+    from helpers import TINY
+
+    return TINY
