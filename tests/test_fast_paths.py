@@ -12,7 +12,7 @@ import pytest
 from helpers import images, randomize, tiny_model
 
 from keras_coatnet.layers import BatchNorm, MBConvBlock, Stem, TransformerBlock
-from keras_coatnet.layers._common import gelu
+from keras_coatnet.layers._common import gelu, on_tokens
 
 ERF = np.vectorize(math.erf)
 
@@ -182,14 +182,33 @@ def test_folded_stem_and_model_inference_match_the_layers(unfused):
 
 
 def test_transformer_feed_forward_keeps_per_sample_drop_path():
-    """The FFN runs on (tokens, channels); drop path must still drop whole samples."""
+    """The FFN runs on (tokens, channels); drop path must still drop whole samples.
+
+    Each sample's training output must be exactly one of the four outputs the
+    block gives with each branch kept (scaled by 1 / keep) or dropped, and the
+    batch must mix kept and dropped samples on both branches: a per-batch
+    mask, a per-token mask or no drop at all (identity) each fail.
+    """
     block = TransformerBlock(16, 16, head_size=8, drop_path_rate=0.5)
-    x = np.random.default_rng(0).standard_normal((16, 4, 4, 16)).astype("float32")
+    x = np.random.default_rng(0).standard_normal((32, 4, 4, 16)).astype("float32")
     y = keras.ops.convert_to_numpy(block(x, training=True))
-    block_eval = keras.ops.convert_to_numpy(block(x, training=False))
-    # Per sample, each branch is either kept (scaled by 2) or dropped entirely:
-    # the difference to the input is one of four exact combinations, never a
-    # per-token mix. Check that no sample equals the inference output partly.
+
+    def run(a):
+        return keras.ops.convert_to_numpy(a)
+
+    keep = 0.5
+    attention = run(block.attn(block.norm1(x, training=False), training=False))
+    chosen = []
     for i in range(len(x)):
-        same = np.isclose(y[i], block_eval[i], atol=1e-5).all(axis=-1)
-        assert same.all() or not same.any(), f"sample {i} mixes kept and dropped tokens"
+        matches = []
+        for m1 in (0, 1):
+            x1 = x[i : i + 1] + m1 * attention[i : i + 1] / keep
+            ffn = run(on_tokens(block._feed_forward, block.norm2(x1, training=False), 16))
+            for m2 in (0, 1):
+                if np.allclose(y[i : i + 1], x1 + m2 * ffn / keep, atol=1e-4):
+                    matches.append((m1, m2))
+        assert len(matches) == 1, f"sample {i} is no kept/dropped combination: {matches}"
+        chosen.append(matches[0])
+    chosen = np.array(chosen)
+    for branch in (0, 1):
+        assert 0 < chosen[:, branch].sum() < len(x), f"branch {branch} not dropped per sample"
