@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import sys
+import uuid
 
 import keras
 
@@ -224,7 +226,14 @@ def export(
             input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")],
         )
         os.makedirs(path, exist_ok=True)
-        archive.write_out(target, verbose=False)
+        # Written beside the version under a name TF Serving ignores (not a
+        # number), renamed when complete: a failure half-way leaves no version.
+        partial = os.path.join(path, f".{version}.partial-{uuid.uuid4().hex[:8]}")
+        try:
+            archive.write_out(partial, verbose=False)
+            os.rename(partial, target)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     return target
 
 

@@ -174,6 +174,36 @@ def test_evaluate_prints_accuracy_loss_and_throughput(files):
     assert re.search(r"images/s \d+\.\d end to end .*, \d+\.\d for the model after", out)
 
 
+def test_evaluate_counts_match_a_hand_count(files, tmp_path):
+    """A head whose kernel is zero predicts softmax(bias) for every image: the
+    ranking is known, so top-1, top-5 and the loss can be counted by hand."""
+    probabilities = np.array([0.3, 0.2, 0.15, 0.1, 0.08, 0.06, 0.05, 0.03, 0.02, 0.01])
+    model = kc.create_model("coatnet-digits", classes=10)
+    head = model.get_layer("predictions")
+    head.set_weights([np.zeros_like(head.get_weights()[0]), np.log(probabilities)])
+    weights = tmp_path / "known.weights.h5"
+    model.save_weights(str(weights))
+    counts = {0: 3, 1: 1, 4: 2, 5: 1, 7: 2, 9: 1}  # images per class folder
+    for label in range(10):
+        folder = tmp_path / "tree" / str(label)
+        folder.mkdir(parents=True)
+        for i in range(counts.get(label, 0)):
+            pixels = np.full((48, 40, 3), 20 * label + i, "uint8")
+            tf.io.write_file(str(folder / f"{i}.png"), tf.io.encode_png(pixels))
+    out = ok(
+        coatnet(
+            "evaluate", "--model", "coatnet-digits", "--weights", weights,
+            "--dataset", tmp_path / "tree", "--batch-size", "3",
+        )
+    )  # fmt: skip
+    total = sum(counts.values())  # 10
+    top1 = counts[0] / total  # only class 0 is ranked first
+    top5 = sum(n for label, n in counts.items() if label < 5) / total  # classes 0..4
+    loss = sum(-n * np.log(probabilities[label]) for label, n in counts.items()) / total
+    assert f"{total} images, 10 classes" in out
+    assert f"top-1 {top1:.4f}  top-5 {top5:.4f}  loss {loss:.4f}" in out, out
+
+
 def test_predict_gives_probabilities_that_sum_to_one(files):
     folder = files / "tree" / "test"
     out = ok(

@@ -308,3 +308,21 @@ def source_config():
     from helpers import TINY
 
     return TINY
+
+
+@pytest.mark.parametrize("interruption", [RuntimeError("disk full"), KeyboardInterrupt()])
+def test_an_interrupted_export_leaves_no_version(tmp_path, monkeypatch, interruption):
+    """TF Serving must never see a partial version directory."""
+    archive_class = type(keras.export.ExportArchive())  # the backend's class
+    original = archive_class.write_out
+
+    def write_half_then_fail(self, filepath, **kwargs):
+        original(self, filepath, **kwargs)  # everything on disk, then the failure
+        raise interruption
+
+    monkeypatch.setattr(archive_class, "write_out", write_half_then_fail)
+    with pytest.raises(type(interruption)):
+        kc.export(tiny_model(), tmp_path / "serving")
+    assert os.listdir(tmp_path / "serving") == []
+    monkeypatch.undo()
+    assert kc.export(tiny_model(), tmp_path / "serving") == str(tmp_path / "serving" / "1")

@@ -34,6 +34,18 @@ FAST = [
     "coatnet_rmlp_nano_rw_224",
     "coatnet_rmlp_1_rw_224",
 ]
+# One architecture of every other combination of block options (timm's
+# pretrained_cfg-free differences: stride placement, SE position, shortcut
+# biases, LayerScale with a table and with an MLP bias), at 64 px: parity
+# does not depend on the size, and these models are large at 224.
+SMALL = [
+    "coatnet_pico_rw_224",
+    "coatnet_1_rw_224",
+    "coatnet_2_rw_224",
+    "coatnet_3_rw_224",  # LayerScale, table bias
+    "coatnet_rmlp_0_rw_224",
+    "coatnet_rmlp_2_rw_224",  # LayerScale, MLP bias
+]
 SLOW = [name for name in timm_names() if name not in FAST]
 TOLERANCE = 1e-4
 
@@ -88,8 +100,8 @@ def _convert(model, **kwargs):
     return from_timm(model, classifier_activation=None, include_preprocessing=False, **kwargs)
 
 
-def _check_parity(torch, name):
-    reference = _timm_model(torch, name)
+def _check_parity(torch, name, size=None):
+    reference = _timm_model(torch, name, **({"img_size": size} if size else {}))
     model = _convert(reference)
     x = _inputs(reference.img_size[0])
     want = _run_timm(torch, reference, x)
@@ -113,6 +125,11 @@ def _check_parity(torch, name):
 @pytest.mark.parametrize("name", FAST)
 def test_converted_model_matches_timm(torch, name):
     _check_parity(torch, name)
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_converted_model_matches_timm_at_64(torch, name):
+    _check_parity(torch, name, size=64)
 
 
 @pytest.mark.slow

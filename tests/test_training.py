@@ -204,9 +204,12 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, digits_root):
         proc.kill()
     assert proc.returncode != 0, "the run finished before it could be killed"
     assert not (killed / "final.weights.h5").exists()
-    subprocess.run(
-        [*command, "--output-dir", str(killed)], check=True, env=env, capture_output=True
+    resumed = subprocess.run(
+        [*command, "--output-dir", str(killed)], check=True, env=env, capture_output=True, text=True
     )
+    # It resumed (a restart from scratch would end with the same weights too).
+    epochs = [line.split()[1] for line in resumed.stdout.splitlines() if line.startswith("epoch ")]
+    assert epochs and epochs[0] != "1/3" and epochs[-1] == "3/3", resumed.stdout
 
     import h5py
 
@@ -214,8 +217,8 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, digits_root):
         names = []
         a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
         assert names
-        for name in names:
-            np.testing.assert_allclose(a[name][()], b[name][()], atol=1e-5, err_msg=name)
+        for name in names:  # bit-identical, as docs/TRAINING.md says
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
 
 
 def test_strategy_plumbing_with_one_device_strategy_and_xla(digits_root):
@@ -276,6 +279,7 @@ def test_mirrored_two_cpus_with_synchronized_batchnorm_matches_one_device():
         key, _, value = line.partition(" ")
         if key in ("sync", "unsync", "moved"):
             diffs[key] = value
-    assert float(diffs["moved"]) > 0.1
+    # Trainable weights left their initial values (0.0 with a learning rate of 0).
+    assert float(diffs["moved"]) > 1e-3
     assert float(diffs["sync"]) <= 1e-5
     assert float(diffs["unsync"]) > 1e-3
