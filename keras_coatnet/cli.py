@@ -30,13 +30,13 @@ import importlib.util
 import json
 import math
 import os
-import re
 import sys
 import threading
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from keras_coatnet._errors import first_line, report
 
 PROG = "coatnet"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
@@ -63,7 +63,7 @@ class CLIError(Exception):
 
     def __init__(self, message: str, code: int = 2):
         super().__init__(message)
-        self.code = code
+        self.code = self.exit_status = code
 
 
 class _Parser(argparse.ArgumentParser):
@@ -275,14 +275,6 @@ def _trained_model(args):
     return config, size, classes, model
 
 
-def _first_line(error) -> str:
-    """The first line of an error's message, without TensorFlow's op decorations."""
-    text = getattr(error, "message", None) or str(error)
-    text = re.sub(r"^\{\{[^}]*\}\}\s*", "", text.strip())  # {{function_node ...}}
-    text = re.sub(r"\s*\[Op:\w+\]( name: ?\S*)?$", "", text)
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _load_image(path: str, size: int, settings):
     """Pixels in 0..255, `(size, size, 3)` float32, by `preprocessing.eval_transform`."""
     import tensorflow as tf
@@ -293,7 +285,7 @@ def _load_image(path: str, size: int, settings):
         data = tf.io.read_file(path)
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
     except (tf.errors.OpError, ValueError) as error:
-        raise CLIError(f"cannot read image {path!r}: {_first_line(error)}", code=1) from error
+        raise CLIError(f"cannot read image {path!r}: {first_line(error)}", code=1) from error
     return eval_transform(image, (size, size), settings).numpy()
 
 
@@ -860,7 +852,6 @@ def run_train(argv, quiet):
     train = importlib.import_module("keras_coatnet.training.train")
     parser = train.parser()
     parser.error = _Parser.error.__get__(parser)
-    parser.add_argument("--verbose", action="store_true", help="tracebacks on errors")
     args = parser.parse_args(argv)
     args.quiet = args.quiet or quiet
     distribution = importlib.import_module("keras_coatnet.training.distribution")
@@ -875,7 +866,7 @@ def run_train(argv, quiet):
 
 def run_export(argv, quiet):
     export = importlib.import_module("keras_coatnet.export")  # the module, not the function
-    argv = _strip(argv, GLOBAL_FLAGS)
+    argv = _strip(argv, ("--quiet",))
     with _delegated(f"{PROG} export", export.__file__, argv):
         return export.main(argv)
 
@@ -1044,22 +1035,8 @@ def main(argv=None) -> int:
         args = parser().parse_args(rest + lead if lead else rest)
         args.func(args)
         return 0
-    except CLIError as error:
-        failure, code, message = error, error.code, str(error)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except ValueError as error:  # bad input that the library caught
-        failure, code, message = error, 2, _first_line(error)
-    except (OSError, ImportError) as error:
-        failure, code, message = error, 1, _first_line(error)
-    except Exception as error:  # anything unexpected: still one line
-        failure, code, message = error, 1, f"{type(error).__name__}: {_first_line(error)}"
-    if verbose:
-        traceback.print_exception(failure)
-    hint = " (--verbose shows the traceback)" if code == 1 and not verbose else ""
-    print(f"{prog}: error: {' '.join(message.split())}{hint}", file=sys.stderr)
-    return code
+    except (Exception, KeyboardInterrupt) as error:
+        return report(prog, error, verbose)
 
 
 def _commands():

@@ -190,7 +190,10 @@ def export(
             length, 0, message="image_bytes holds an empty string"
         )
         is_jpeg = tf.strings.substr(data, 0, 2) == b"\xff\xd8"
-        complete = tf.strings.substr(data, tf.maximum(length - 2, 0), 2) == b"\xff\xd9"
+        # An end-of-image marker anywhere after the start: cameras and some
+        # servers append bytes after it, which the decoder ignores.
+        raw = tf.io.decode_raw(data, tf.uint8)
+        complete = tf.reduce_any(tf.logical_and(raw[:-1] == 0xFF, raw[1:] == 0xD9))
         with tf.control_dependencies([not_empty]):
             whole_jpeg = tf.debugging.assert_equal(
                 tf.logical_or(tf.logical_not(is_jpeg), complete),
@@ -258,13 +261,14 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", help="a .weights.h5 file, 'imagenet' or a tag")
     parser.add_argument("--output", required=True, help="model base directory")
     parser.add_argument("--image-size", type=int, help="input side (default: the variant's)")
-    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--classes", type=int, help="default: the weights' head, else 1000")
     parser.add_argument("--version", type=int)
     parser.add_argument("--outputs", choices=OUTPUTS, default="probabilities")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--crop-pct", type=float, help="default: the weights' own")
     parser.add_argument("--crop-mode", choices=CROP_MODES, help="default: the weights' own")
     parser.add_argument("--interpolation", choices=INTERPOLATIONS, help="default: the weights'")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback on errors")
     args = parser.parse_args(argv)
     from keras_coatnet.model import create_model
 
@@ -289,9 +293,10 @@ def main(argv=None) -> int:
             crop_mode=args.crop_mode,
             interpolation=args.interpolation,
         )
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as error:
+        from keras_coatnet._errors import report
+
+        return report("coatnet export", error, args.verbose)
     print(f"wrote {target}")
     return 0
 

@@ -326,3 +326,40 @@ def test_an_interrupted_export_leaves_no_version(tmp_path, monkeypatch, interrup
     assert os.listdir(tmp_path / "serving") == []
     monkeypatch.undo()
     assert kc.export(tiny_model(), tmp_path / "serving") == str(tmp_path / "serving" / "1")
+
+
+def test_export_command_failures_end_in_one_line(tmp_path, capsys):
+    import importlib
+
+    from keras_coatnet import export as export_module  # noqa: F401 - the function
+
+    module = importlib.import_module("keras_coatnet.export")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("in the way")
+    argv = ["coatnet-digits", "--classes", "10", "--output", str(blocker / "serving")]
+    assert module.main(argv) == 1  # I/O failure while working
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("coatnet export: error: ")
+    assert "(--verbose shows the traceback)" in err
+    assert module.main([*argv, "--verbose"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+    assert module.main(["coatnet-digits", "--top-k", "0", "--output", str(tmp_path)]) == 2
+    assert "top_k must be an int" in capsys.readouterr().err
+
+
+def test_jpegs_with_bytes_after_the_end_marker_are_served(exported):
+    """Cameras and some servers append data after the end-of-image marker."""
+    import tensorflow as tf
+
+    _, _, first, _ = exported
+    serve = tf.saved_model.load(first).signatures["serving_bytes"]
+    pixels = images((1, 64, 64, 3))[0]
+    jpeg = tf.io.encode_jpeg(tf.cast(pixels, tf.uint8)).numpy()
+    clean = serve(image_bytes=tf.constant([jpeg]))["probabilities"].numpy()
+    padded = jpeg + b"\x00" * 37 + b"trailing metadata"
+    np.testing.assert_array_equal(
+        serve(image_bytes=tf.constant([padded]))["probabilities"].numpy(), clean
+    )
+    # Cut before its end marker, it is still refused as truncated.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="truncated JPEG"):
+        serve(image_bytes=tf.constant([jpeg[: len(jpeg) - 40] + b"trailing metadata"]))

@@ -1,5 +1,6 @@
 """Training on CPU: the digits pipeline, the recipe, XLA, mixed precision, resume, errors."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -283,3 +284,37 @@ def test_mirrored_two_cpus_with_synchronized_batchnorm_matches_one_device():
     assert float(diffs["moved"]) > 1e-3
     assert float(diffs["sync"]) <= 1e-5
     assert float(diffs["unsync"]) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "error, status, line",
+    [
+        (MemoryError(), 1, "coatnet train: error: MemoryError: MemoryError"),
+        (KeyboardInterrupt(), 130, "coatnet train: interrupted"),
+        (OSError(28, "No space left on device"), 1, "No space left on device"),
+        (ValueError("--epochs must be positive"), 2, "--epochs must be positive"),
+    ],
+)
+def test_train_entry_point_failures_end_in_one_line(monkeypatch, capsys, error, status, line):
+    train_module = importlib.import_module("keras_coatnet.training.train")  # not the function
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(train_module, "train", fail)
+    assert train_module.main(["--quiet"]) == status
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and line in err, err
+    assert train_module.main(["--quiet", "--verbose"]) == status
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_train_into_an_unwritable_place_ends_in_one_line(tmp_path, capsys):
+    train_module = importlib.import_module("keras_coatnet.training.train")
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("in the way")
+    status = train_module.main(["--output-dir", str(blocker / "run"), "--epochs", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 1 and err.startswith("coatnet train: error: "), err
+    assert err.count("\n") == 1, err

@@ -108,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=0)
     add("--steps-per-epoch", type=int, help="cap steps per epoch (quick runs)")
     add("--quiet", action="store_true", help="one line per epoch, no progress bar")
+    add("--verbose", action="store_true", help="show the traceback on errors")
     return p
 
 
@@ -319,7 +320,8 @@ def main(argv=None) -> int:
         train(args)
     except distribution.LostContactError as e:
         distribution.exit_lost_contact("coatnet train", e)
-    except ValueError as e:
-        print(f"coatnet train: error: {e}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as e:
+        from keras_coatnet._errors import report
+
+        return report("coatnet train", e, args.verbose)
     return 0

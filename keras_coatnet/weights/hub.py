@@ -27,8 +27,11 @@ class WeightsFetchError(ValueError, OSError):
     """Pretrained weights could not be fetched or failed their integrity check.
 
     Both a `ValueError` (like every other `weights=` problem) and an `OSError`
-    (like other I/O failures), so either `except` clause catches it.
+    (like other I/O failures), so either `except` clause catches it. The
+    command line reports it as a failure while working (exit status 1).
     """
+
+    exit_status = 1
 
 
 @dataclass(frozen=True)
