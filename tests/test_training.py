@@ -318,3 +318,23 @@ def test_train_into_an_unwritable_place_ends_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 1 and err.startswith("coatnet train: error: "), err
     assert err.count("\n") == 1, err
+
+
+def test_a_corrupt_image_in_the_training_folder_is_named(tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "digits"
+    shutil.copytree(data.write_digits_tree(str(tmp_path / "source"), size=32), root)
+    bad = root / "train" / "3" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n then nothing that decodes")
+    train_module = importlib.import_module("keras_coatnet.training.train")
+    status = train_module.main(
+        [
+            "--dataset", str(root), "--model", "coatnet-digits", "--image-size", "32",
+            "--batch-size", "16", "--epochs", "1", "--steps-per-epoch", "1",
+            "--output-dir", str(tmp_path / "run"), "--quiet",
+        ]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 1, err
+    assert err.count("\n") == 1 and f"image {str(bad)!r} of the dataset does not decode" in err

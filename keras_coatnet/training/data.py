@@ -117,6 +117,50 @@ def _seeded(augment, seed: int, epoch: int):
     return augment_step
 
 
+class UnreadableImageError(ValueError):
+    """An image of an image-folder dataset does not decode (a failure while working)."""
+
+    exit_status = 1
+
+
+# The files tfds.ImageFolder takes as images.
+FOLDER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def check_images(root: str, error: Exception) -> None:
+    """After `error` from the input pipeline, name the image of `root` that caused it.
+
+    The pipeline's decode error does not say which file failed; this decodes
+    every image of the folder tree (only after a failure) and raises
+    `UnreadableImageError` naming the first that does not decode. Returns if
+    every image decodes (the error was something else).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = sorted(
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(root)
+        for name in names
+        if name.lower().endswith(FOLDER_IMAGE_SUFFIXES)
+    )
+
+    def problem(path):
+        try:
+            tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        except (tf.errors.OpError, ValueError) as failure:
+            return path, (getattr(failure, "message", None) or str(failure)).splitlines()[0]
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for found in pool.map(problem, paths):
+            if found is not None:
+                path, message = found
+                raise UnreadableImageError(
+                    f"image {path!r} of the dataset does not decode ({message}); remove or "
+                    "replace it and rerun (a rerun resumes from the last completed epoch)"
+                ) from error
+
+
 def _builder(dataset: str, data_dir: str | None, manual_dir: str | None):
     import tensorflow_datasets as tfds
 

@@ -286,17 +286,22 @@ def _train(args, placement) -> dict:
     ]
     quiet = args.quiet or not sys.stdout.isatty()
     start = time.perf_counter()
-    history = model.fit(
-        # Each process feeds its rows of the global batch; every process
-        # evaluates the whole held-out split (metrics as on one process).
-        placement.shard(splits.train, rec.batch_size),
-        steps_per_epoch=steps,
-        epochs=rec.epochs,
-        validation_data=splits.eval,
-        callbacks=callbacks,
-        verbose=0 if quiet else 1,
-        shuffle=False,  # the pipeline shuffles, per epoch and seeded
-    )
+    try:
+        history = model.fit(
+            # Each process feeds its rows of the global batch; every process
+            # evaluates the whole held-out split (metrics as on one process).
+            placement.shard(splits.train, rec.batch_size),
+            steps_per_epoch=steps,
+            epochs=rec.epochs,
+            validation_data=splits.eval,
+            callbacks=callbacks,
+            verbose=0 if quiet else 1,
+            shuffle=False,  # the pipeline shuffles, per epoch and seeded
+        )
+    except tf.errors.InvalidArgumentError as error:
+        if os.path.isdir(dataset):  # a corrupt file of an image folder: name it
+            data.check_images(dataset, error)
+        raise
     model.save_weights(os.path.join(out, "final.weights.h5"))
     # fit validated the final weights on the held-out split after the last epoch.
     result = {
