@@ -206,3 +206,43 @@ def test_the_model_keeps_its_weights_settings_through_a_keras_file(tmp_path):
     reloaded = keras.saving.load_model(tmp_path / "m.keras")
     assert eval_settings(reloaded) == settings
     assert eval_settings(tiny_model()) is None
+
+
+def test_every_combination_of_top_pooling_cache_and_size_loads_or_says_why(saved):
+    """include_top x pooling x cache_bias x input size, from one 64 px file with a head."""
+    model, path = saved
+    x64, x96 = images(), images((2, 96, 96, 3))
+    reference = {
+        64: kc.stage_features(model)(x64, training=False)["S4"],
+        96: kc.stage_features(tiny_model(weights=path, input_shape=(96, 96, 3)))(
+            x96, training=False
+        )["S4"],
+    }
+    for size, x in ((64, x64), (96, x96)):
+        for cache_bias in (True, False):
+            full = tiny_model(weights=path, input_shape=(size, size, 3), cache_bias=cache_bias)
+            assert full.output.shape[-1] == 10
+            want_probs = tiny_model(weights=path, input_shape=(size, size, 3))(x, training=False)
+            np.testing.assert_allclose(
+                np.asarray(full(x, training=False)), np.asarray(want_probs), atol=1e-5
+            )
+            for pooling in (None, "avg", "max"):
+                backbone = tiny_model(
+                    weights=path,
+                    include_top=False,
+                    pooling=pooling,
+                    input_shape=(size, size, 3),
+                    cache_bias=cache_bias,
+                )
+                got = np.asarray(backbone(x, training=False))
+                features = np.asarray(reference[size])
+                want = {
+                    None: features,
+                    "avg": features.mean(axis=(1, 2)),
+                    "max": features.max(axis=(1, 2)),
+                }[pooling]
+                np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"{size} {pooling}")
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        tiny_model(weights=path, include_top=False, pooling="mean")
+    with pytest.raises(ValueError, match="input height must be a static multiple of 32"):
+        tiny_model(weights=path, input_shape=(80, 64, 3))
