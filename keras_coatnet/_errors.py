@@ -42,7 +42,8 @@ def report(prog: str, error: BaseException, verbose: bool = False) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return code
     message = first_line(error)
-    if code == FAILURE and not isinstance(error, (OSError, ImportError, ValueError)):
+    known = isinstance(error, (OSError, ImportError, ValueError)) or hasattr(error, "exit_status")
+    if code == FAILURE and not known:
         message = f"{type(error).__name__}: {message}"  # MemoryError, TF's errors, the unexpected
     hint = " (--verbose shows the traceback)" if code == FAILURE and not verbose else ""
     print(f"{prog}: error: {' '.join(message.split())}{hint}", file=sys.stderr)

@@ -262,6 +262,8 @@ _CHILD = textwrap.dedent(
     checkpoint.convert = checkpoint.read_state = refuse
     for name, case in cases.items():
         np.testing.assert_array_equal(run(case)[0], out[name])
+    os.environ["HF_HUB_OFFLINE"] = "1"  # and with no request at all
+    np.testing.assert_array_equal(run(cases["hf"])[0], out["hf"])
     np.savez(os.path.join(work, "out.npz"), **out)
     print("requests", served, "torch" in sys.modules)
     """
