@@ -247,10 +247,7 @@ def _resolve_weights(weights: str, config):
     except registry.WeightsFetchError as error:
         raise CLIError(str(error), code=1) from error
     except ValueError as error:
-        message = str(error)
-        if "not a readable .weights.h5" in message:
-            message = f"cannot read weights file {weights!r}: {message}"
-        raise CLIError(message) from error
+        raise CLIError(str(error)) from error
 
 
 def _build(config, size, weights=None, classes=1000, include_top=True):

@@ -151,11 +151,6 @@ def structure_classes(structure) -> int | None:
     return None
 
 
-def head_classes(path) -> int | None:
-    """Number of classes of the file's classifier head, or `None` without one."""
-    return structure_classes(file_structure(check_path(path)))
-
-
 def load_weights(model, path, structure=None) -> None:
     """Load a `.weights.h5` file into `model` after checking that it fits whole.
 

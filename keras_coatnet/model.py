@@ -10,6 +10,7 @@ from keras_coatnet import loading
 from keras_coatnet.configs import CONFIGS, CoAtNetConfig, get_config
 from keras_coatnet.layers import MBConvBlock, Preprocessing, Stem, TransformerBlock
 from keras_coatnet.layers._common import batch_norm
+from keras_coatnet.weights import resolve
 
 POOLINGS = (None, "avg", "max")
 
@@ -230,8 +231,6 @@ def CoAtNet(
         raise ValueError(f"config must be a CoAtNetConfig, received: {config!r}")
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), received: {drop_path_rate!r}")
-    from keras_coatnet.weights import resolve
-
     resolved = resolve(weights, config)
     classes = _check_args(include_top, resolved, pooling, classes)
     input_shape = _input_shape(config, input_shape, input_tensor, include_preprocessing)

@@ -18,9 +18,9 @@ class Preprocessing(keras.layers.Layer):
     Args:
         mean: Per-channel mean on the 0..1 scale.
         std: Per-channel standard deviation on the 0..1 scale.
-        eval_settings: Optional dict of `EvalSettings` fields (its `mean`
-            and `std`, where given, must equal the layer's), or `None` when
-            the weights' evaluation settings are unknown.
+        eval_settings: Optional `EvalSettings` or dict of its fields (its
+            `mean` and `std` are taken from this layer's), or `None` when the
+            weights' evaluation settings are unknown.
 
     Call arguments:
         inputs: `(batch, H, W, 3)` pixels in 0..255.
@@ -36,8 +36,8 @@ class Preprocessing(keras.layers.Layer):
             eval_settings = eval_settings.to_dict()
         self.eval_settings = None
         if eval_settings is not None:
-            settings = EvalSettings.from_dict({**eval_settings, "mean": mean, "std": std})
-            self.eval_settings = settings
+            merged = {**eval_settings, "mean": self.mean, "std": self.std}
+            self.eval_settings = EvalSettings.from_dict(merged)
         self._scale = [1.0 / (255.0 * s) for s in self.std]
         self._offset = [-m / s for m, s in zip(self.mean, self.std, strict=True)]
 

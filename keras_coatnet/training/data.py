@@ -137,6 +137,8 @@ def check_images(root: str, error: Exception) -> None:
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    from keras_coatnet._errors import first_line
+
     paths = sorted(
         os.path.join(folder, name)
         for folder, _, names in os.walk(root)
@@ -148,7 +150,7 @@ def check_images(root: str, error: Exception) -> None:
         try:
             tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         except (tf.errors.OpError, ValueError) as failure:
-            return path, (getattr(failure, "message", None) or str(failure)).splitlines()[0]
+            return path, first_line(failure)
         return None
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:

@@ -18,6 +18,8 @@ import uuid
 
 import numpy as np
 
+from keras_coatnet._errors import first_line
+
 # Bump whenever keras_coatnet.convert maps a tensor differently: old cache
 # entries are then ignored.
 CONVERTER_VERSION = 1
@@ -59,8 +61,9 @@ def read_state(path: str, name: str | None = None) -> dict[str, np.ndarray]:
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError, TypeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{name} is not a readable safetensors file: {first}") from None
+        raise ValueError(
+            f"{name} is not a readable safetensors file: {first_line(error)}"
+        ) from None
 
 
 def head_classes(state: dict, name: str) -> int:

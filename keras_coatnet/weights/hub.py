@@ -18,6 +18,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from keras_coatnet._errors import first_line
+
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 _TRUE = ("1", "on", "yes", "true")
@@ -162,11 +164,11 @@ def download(repo_id: str, filename: str, revision: str | None = None) -> HubFil
             reason = "HF_HUB_OFFLINE is set and the file is not in the cache " + cache_dir()
         else:
             cause = error.__cause__ or error
-            reason = f"the Hub did not answer ({type(cause).__name__}: {_first_line(cause)})"
+            reason = f"the Hub did not answer ({type(cause).__name__}: {first_line(cause)})"
         raise WeightsFetchError(f"could not fetch {url}: {reason}; {_options()}") from None
     except Exception as error:  # noqa: BLE001 - the client's I/O errors: httpx's and OSError
         raise WeightsFetchError(
-            f"could not fetch {url}: {type(error).__name__}: {_first_line(error)}; nothing "
+            f"could not fetch {url}: {type(error).__name__}: {first_line(error)}; nothing "
             f"was cached, try again or {_options()}"
         ) from None
     blob = os.path.realpath(path)
@@ -189,8 +191,3 @@ def exists(repo_id: str, filename: str, revision: str | None = None) -> bool:
     except Exception:  # noqa: BLE001 - only a hint for an error message
         return False
     return True
-
-
-def _first_line(error) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

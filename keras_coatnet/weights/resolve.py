@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 
 from keras_coatnet import loading
+from keras_coatnet._errors import first_line
 from keras_coatnet.preprocessing import EvalSettings
 from keras_coatnet.weights import checkpoint, hub
 from keras_coatnet.weights.registry import (
@@ -117,8 +118,7 @@ def _keras_file(path, source, eval_settings=None, image_size=None) -> ResolvedWe
         structure = loading.file_structure(path)
     except OSError as error:
         raise ValueError(
-            f"weights file {path!r} is not a readable .weights.h5 (HDF5) file: "
-            f"{str(error).splitlines()[0]}"
+            f"weights file {path!r} is not a readable .weights.h5 (HDF5) file: {first_line(error)}"
         ) from None
     return ResolvedWeights(
         path=path,
@@ -216,19 +216,21 @@ def _from_hub(repo_id, revision, config, settings, size, source) -> ResolvedWeig
         raise
     name = f"{source} ({file.url})"
     label = repo_id.replace("/", "--")
-    if file.sha256 is not None:
-        hit = checkpoint.cached(checkpoint.entry_name(label, file.sha256, file.commit))
-        if hit is not None:
-            return _keras_file(hit[0], source, settings, size)
-    hub.verify(file)  # before the bytes are used for anything
-    sha256 = file.sha256 or hub.sha256_of(file.path)
-    return _converted(file.path, sha256, file.commit, label, config, settings, size, name)
+    if file.sha256 is None:  # not an LFS file: check it now, hash it for the cache key
+        sha256, verify = hub.sha256_of(hub.verify(file).path), None
+    else:  # checked before a conversion reads it; a cache hit does not read the bytes
+        sha256, verify = file.sha256, lambda: hub.verify(file)
+    return _converted(file.path, sha256, file.commit, label, config, settings, size, name, verify)
 
 
-def _converted(path, sha256, revision, label, config, settings, size, name) -> ResolvedWeights:
+def _converted(
+    path, sha256, revision, label, config, settings, size, name, verify=None
+) -> ResolvedWeights:
     entry = checkpoint.entry_name(label, sha256, revision)
     hit = checkpoint.cached(entry)
     if hit is None:
+        if verify is not None:
+            verify()
         state = checkpoint.read_state(path, name)
         meta = {
             "source": name,
