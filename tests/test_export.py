@@ -11,7 +11,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from helpers import images, randomize, tiny_model
+from helpers import TINY, images, randomize, tiny_model
 
 import keras_coatnet as kc
 from keras_coatnet.export import gather_ops
@@ -282,7 +282,7 @@ def test_bytes_signature_follows_the_weights_eval_settings(tmp_path):
     randomize(source)
     source.save_weights(str(tmp_path / "w.weights.h5"))
     settings = EvalSettings(crop_pct=1.0, crop_mode="squash")
-    resolved = resolve(str(tmp_path / "w.weights.h5"), source_config())
+    resolved = resolve(str(tmp_path / "w.weights.h5"), TINY)
     model = tiny_model(
         weights=ResolvedWeights(**{**resolved.__dict__, "eval_settings": settings}),
         classifier_activation=None,
@@ -302,12 +302,6 @@ def test_bytes_signature_follows_the_weights_eval_settings(tmp_path):
     # The default centre crop would see another picture.
     centre = eval_transform(pixels, (64, 64), EvalSettings()).numpy()
     assert np.abs(model.predict(centre[None], verbose=0) - want).max() > 1e-3
-
-
-def source_config():
-    from helpers import TINY
-
-    return TINY
 
 
 @pytest.mark.parametrize("interruption", [RuntimeError("disk full"), KeyboardInterrupt()])
