@@ -42,7 +42,7 @@ def initial_weights(tmp_path_factory):
         f"""
         import keras
         from keras_coatnet.configs import get_config
-        from keras_coatnet.training.train import build_model
+        from keras_coatnet.training.trainer import build_model
         keras.utils.set_random_seed(0)
         build_model(get_config("coatnet-digits"), 32, 10).save_weights({path!r})
         """
@@ -228,7 +228,7 @@ def test_jax_weights_load_and_serve_on_tensorflow(tmp_path, one_process_run):
         + textwrap.dedent(
             f"""
             import tensorflow as tf
-            from keras_coatnet.export import export
+            from keras_coatnet import export
             np.save({str(tmp_path / "tf.npy")!r}, model.predict(x, verbose=0))
             version = export(model, {served!r})
             loaded = tf.saved_model.load(version)

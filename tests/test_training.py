@@ -1,10 +1,13 @@
 """Training on CPU: the digits pipeline, the recipe, XLA, mixed precision, resume, errors."""
 
-import importlib
+import argparse
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -17,8 +20,8 @@ pytest.importorskip("sklearn")
 import tensorflow as tf  # noqa: E402
 
 import keras_coatnet as kc  # noqa: E402
-from keras_coatnet.training import data, recipe, train  # noqa: E402
-from keras_coatnet.training.train import build_model, main, parser  # noqa: E402
+from keras_coatnet.training import RunConfig, data, recipe, train, trainer  # noqa: E402
+from keras_coatnet.training.trainer import build_model  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="tf.data, tf.distribute"
@@ -82,27 +85,25 @@ def test_augmented_epochs_replay_exactly_when_resumed(digits_root):
     assert not np.array_equal(next(iter(plain.train))[0].numpy(), whole[0])
 
 
-def _args(tmp_path, root, *extra):
-    return parser().parse_args(
-        [
-            "--dataset", root,
-            "--model", "coatnet-digits",
-            "--image-size", "32",
-            "--batch-size", "64",
-            "--lr", "2e-3",
-            "--warmup-steps", "10",
-            "--randaugment-ops", "0",
-            "--mixup", "0",
-            "--drop-path", "0.05",
-            "--output-dir", str(tmp_path / "run"),
-            "--quiet",
-            *extra,
-        ]
-    )  # fmt: skip
+def _config(tmp_path, root, **changes):
+    return RunConfig(
+        dataset=root,
+        model="coatnet-digits",
+        image_size=32,
+        batch_size=64,
+        lr=2e-3,
+        warmup_steps=10,
+        randaugment_ops=0,
+        mixup=0.0,
+        drop_path=0.05,
+        output_dir=str(tmp_path / "run"),
+        quiet=True,
+        **changes,
+    )
 
 
 def test_short_training_run_learns_the_digits(tmp_path, digits_root):
-    result = train(_args(tmp_path, digits_root, "--epochs", "4"))
+    result = train(_config(tmp_path, digits_root, epochs=4))
     losses = result["history"]["loss"]
     assert losses[-1] < 0.6 * losses[0]
     assert result["history"]["accuracy"][-1] > 0.5  # chance is 0.1
@@ -155,6 +156,26 @@ def test_mixed_bfloat16_training_is_finite_with_float32_variables():
     assert {v.dtype for v in model.trainable_weights} == {"float32"}
 
 
+def coatnet_train(*argv):
+    """`coatnet train ARGV` in this process; returns the exit status."""
+    from keras_coatnet.cli import main
+
+    return main(["train", *map(str, argv)])
+
+
+def _train_parser():
+    """The `coatnet train` parser, registered as `keras_coatnet.cli` registers it."""
+    from keras_coatnet.cli import train as command
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true")
+    common.add_argument("--verbose", action="store_true")
+    top = argparse.ArgumentParser(prog="coatnet")
+    subparsers = top.add_subparsers(dest="command")
+    command.register(subparsers, [common])
+    return top, subparsers.choices["train"], command
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
@@ -163,20 +184,92 @@ def test_mixed_bfloat16_training_is_finite_with_float32_variables():
         (["--image-size", "48"], "multiple of 32, received: 48"),
         (["--batch-size", "0"], "--batch-size must be at least 1, received: 0"),
         (["--data-dir", "/tmp"], "need --dataset"),
+        (["--ema", "1"], "--ema must be in (0, 1), received: 1.0"),
+        (["--model", "coatnet-9"], "unknown model 'coatnet-9'"),
     ],
 )
 def test_bad_arguments_end_with_one_clear_line(argv, message, capsys, tmp_path):
-    assert main([*argv, "--output-dir", str(tmp_path), "--quiet"]) == 2
+    assert coatnet_train(*argv, "--output-dir", tmp_path, "--quiet") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
+    assert len(err) == 1 and err[0].startswith("coatnet train: error: ") and message in err[0], err
 
 
-def test_batch_must_divide_over_replicas():
-    from keras_coatnet.training.train import _check
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"epochs": 0}, "--epochs must be at least 1, received: 0"),
+        ({"epochs": 2.5}, "--epochs must be an integer, received: 2.5"),
+        ({"image_size": 48}, "--image-size must be a positive multiple of 32, received: 48"),
+        ({"drop_path": 1.0}, "--drop-path must be in [0, 1), received: 1.0"),
+        ({"label_smoothing": float("nan")}, "--label-smoothing must be in [0, 1], received: nan"),
+        ({"jit": "fast"}, "--jit must be one of auto, on, off, received: 'fast'"),
+        ({"manual_dir": "/tmp"}, "--data-dir and --manual-dir need --dataset"),
+        ({"model": "coatnet-9"}, "--model must be one of coatnet-0, coatnet-1, "),
+    ],
+)
+def test_run_config_rejects_a_bad_value_in_one_line(changes, message):
+    with pytest.raises(ValueError) as error:
+        RunConfig(**changes)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+    with pytest.raises(ValueError, match=re.escape(message)):  # the API, before any work
+        train(**changes)
 
-    args = parser().parse_args([])
+
+def test_run_config_resolves_the_preset_and_its_overrides():
+    assert RunConfig().model_name == "coatnet-digits"
+    assert RunConfig().recipe == recipe.DIGITS
+    paper = RunConfig(dataset="imagenet2012", lr=5e-4, mixup=0.0, ema=0.9999)
+    assert paper.model_name == "coatnet-0"
+    assert paper.recipe == recipe.PAPER.replace(
+        learning_rate=5e-4, mixup_alpha=0.0, ema_momentum=0.9999
+    )
+
+
+def test_train_flags_and_run_config_fields_correspond():
+    top, train_parser, command = _train_parser()
+    flags = {a.dest: a for a in train_parser._actions if a.dest not in ("help", "verbose")}
+    # Every flag is a field and every field a flag, with the same default.
+    assert set(flags) == {f.name for f in dataclasses.fields(RunConfig)}
+    assert command.run_config(top.parse_args(["train"])) == RunConfig()
+    for dest, action in flags.items():
+        assert action.option_strings == [f"--{dest.replace('_', '-')}"]
+        for choice in action.choices or ():  # RunConfig takes the flag's choices, only them
+            assert getattr(RunConfig(**{dest: choice}), dest) == choice
+        if action.choices:
+            with pytest.raises(ValueError, match=f"^--{dest.replace('_', '-')} must be one of"):
+                RunConfig(**{dest: "bogus"})
+    args = top.parse_args(["train", "--dataset", "d", "--lr", "0.5", "--cutmix", "--seed", "3"])
+    assert command.run_config(args) == RunConfig(dataset="d", lr=0.5, cutmix=True, seed=3)
+
+
+def test_the_train_command_and_run_config_import_no_framework():
+    # Run without keras_coatnet/__init__.py, which imports the model (and Keras).
+    code = textwrap.dedent(
+        """
+        import os, sys, types
+        package = types.ModuleType("keras_coatnet")
+        package.__path__ = [os.path.join(sys.argv[1], "keras_coatnet")]
+        sys.modules["keras_coatnet"] = package
+        import keras_coatnet.cli.train, keras_coatnet.training
+        keras_coatnet.training.RunConfig(epochs=1)
+        print(sorted(m for m in ("keras", "tensorflow", "jax", "numpy") if m in sys.modules))
+        """
+    )
+    root = os.path.join(os.path.dirname(__file__), os.pardir)
+    result = subprocess.run(
+        [sys.executable, "-c", code, root], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
+def test_batch_must_divide_over_replicas(tmp_path):
+    from keras_coatnet.training.distribution import Placement
+
+    run = RunConfig(batch_size=10, output_dir=str(tmp_path))
     with pytest.raises(ValueError, match="--batch-size 10 is not divisible by the 4 replicas"):
-        _check(args, recipe.DIGITS.replace(batch_size=10), 4)
+        trainer._train(run, Placement(replicas=4))
+    assert not os.listdir(tmp_path)  # stopped before anything was written
 
 
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path, digits_root):
@@ -296,25 +389,21 @@ def test_mirrored_two_cpus_with_synchronized_batchnorm_matches_one_device():
     ],
 )
 def test_train_entry_point_failures_end_in_one_line(monkeypatch, capsys, error, status, line):
-    train_module = importlib.import_module("keras_coatnet.training.train")  # not the function
-
-    def fail(args):
+    def fail(config):
         raise error
 
-    monkeypatch.setattr(train_module, "train", fail)
-    assert train_module.main(["--quiet"]) == status
+    monkeypatch.setattr(trainer, "train", fail)
+    assert coatnet_train("--quiet") == status
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and line in err, err
-    assert train_module.main(["--quiet", "--verbose"]) == status
+    assert coatnet_train("--quiet", "--verbose") == status
     assert "Traceback (most recent call last)" in capsys.readouterr().err
 
 
 def test_train_into_an_unwritable_place_ends_in_one_line(tmp_path, capsys):
-    train_module = importlib.import_module("keras_coatnet.training.train")
-
     blocker = tmp_path / "a_file"
     blocker.write_text("in the way")
-    status = train_module.main(["--output-dir", str(blocker / "run"), "--epochs", "1", "--quiet"])
+    status = coatnet_train("--output-dir", blocker / "run", "--epochs", "1", "--quiet")
     err = capsys.readouterr().err
     assert status == 1 and err.startswith("coatnet train: error: "), err
     assert err.count("\n") == 1, err
@@ -327,13 +416,10 @@ def test_a_corrupt_image_in_the_training_folder_is_named(tmp_path, capsys):
     shutil.copytree(data.write_digits_tree(str(tmp_path / "source"), size=32), root)
     bad = root / "train" / "3" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n then nothing that decodes")
-    train_module = importlib.import_module("keras_coatnet.training.train")
-    status = train_module.main(
-        [
-            "--dataset", str(root), "--model", "coatnet-digits", "--image-size", "32",
-            "--batch-size", "16", "--epochs", "1", "--steps-per-epoch", "1",
-            "--output-dir", str(tmp_path / "run"), "--quiet",
-        ]
+    status = coatnet_train(
+        "--dataset", root, "--model", "coatnet-digits", "--image-size", "32",
+        "--batch-size", "16", "--epochs", "1", "--steps-per-epoch", "1",
+        "--output-dir", tmp_path / "run", "--quiet",
     )  # fmt: skip
     err = capsys.readouterr().err
     assert status == 1, err

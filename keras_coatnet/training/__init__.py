@@ -1,6 +1,21 @@
-"""Training: data pipelines, the paper's recipe, strategies, the train command."""
+"""Training: the run config, data pipelines, the paper's recipe, placement.
 
-from keras_coatnet.training.recipe import DIGITS, PAPER, Recipe
-from keras_coatnet.training.train import main, parser, train
+    from keras_coatnet.training import RunConfig, train
+    result = train(RunConfig(epochs=3, output_dir="runs/digits"))
 
-__all__ = ["DIGITS", "PAPER", "Recipe", "main", "parser", "train"]
+`train` lives in `keras_coatnet.training.trainer` and is imported on first
+use: `RunConfig` and the recipe presets are plain data, importable (by the
+command line, to build and check its flags) without TensorFlow or JAX.
+"""
+
+from keras_coatnet.training.config import DIGITS, PAPER, Recipe, RunConfig
+
+__all__ = ["DIGITS", "PAPER", "Recipe", "RunConfig", "train"]
+
+
+def __getattr__(name):
+    if name == "train":
+        from keras_coatnet.training.trainer import train
+
+        return train
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,55 +1,21 @@
 """The paper's training recipe, from Keras core: optimizer, schedule, augmentation.
 
-Paper defaults (arXiv 2106.04803, Table 7, ImageNet-1K at 224) are the
-dataclass defaults; `DIGITS` is the small-data preset of the README command.
+The hyper-parameters (`Recipe`, with the paper's defaults, and the `DIGITS`
+preset) are plain data in `keras_coatnet.training.config`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import keras
 import tensorflow as tf
 
-# Weight decay stays off norms, biases and relative position tables.
-# Norms, biases, layer scales, relative tables and the relative-bias MLP (timm's no_weight_decay).
+from keras_coatnet.training.config import DIGITS, PAPER, Recipe
+
+__all__ = ["DIGITS", "NO_DECAY", "PAPER", "Recipe", "augmenter", "optimizer"]
+
+# Weight decay stays off norms, biases, layer scales, relative tables and the
+# relative-bias MLP (timm's no_weight_decay).
 NO_DECAY = ["bias", "gamma", "beta", "relative_table", "relative_mlp"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """Training hyper-parameters; defaults are the paper's ImageNet-1K recipe."""
-
-    epochs: int = 300
-    batch_size: int = 4096
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 10_000
-    label_smoothing: float = 0.1
-    randaugment_ops: int = 2
-    randaugment_magnitude: int = 15  # of 30, Keras's factor = magnitude / 30
-    mixup_alpha: float = 0.8
-    cutmix: bool = False
-    drop_path_rate: float = 0.2  # CoAtNet-0; 0.3 / 0.5 / 0.7 for CoAtNet-1 / 2 / 3
-    ema_momentum: float | None = None
-    grad_clip: float | None = 1.0
-
-    def replace(self, **changes) -> Recipe:
-        return dataclasses.replace(self, **changes)
-
-
-PAPER = Recipe()
-DIGITS = Recipe(
-    epochs=30,
-    batch_size=64,
-    learning_rate=2e-3,
-    weight_decay=0.05,
-    warmup_steps=50,
-    label_smoothing=0.1,
-    randaugment_ops=0,
-    mixup_alpha=0.0,
-    drop_path_rate=0.1,
-)
 
 
 def optimizer(recipe: Recipe, steps_per_epoch: int) -> keras.optimizers.Optimizer:
