@@ -16,38 +16,9 @@ from __future__ import annotations
 import os
 
 import h5py
-from keras.src.saving import saving_lib
 
-HEAD_LAYER = "predictions"
-
-
-class _ShapeRecorder(saving_lib.H5IOStore):
-    """A weights store that records what a model would save, without data."""
-
-    def __init__(self):  # the parent would open a file
-        self.mode = "w"
-        self.records: dict[str, tuple[str, dict[str, tuple]]] = {}
-        self.names: dict[str, str] = {}
-        self._path = None
-
-    def __bool__(self):
-        return True
-
-    def make(self, path, metadata=None):
-        # Name a layer by its ancestors' names too: "stage3_block0/attn".
-        self.names[path] = (metadata or {}).get("name", "")
-        parts = path.strip("/").split("/")
-        prefixes = ("/".join(parts[:i]) for i in range(1, len(parts) + 1))
-        names = [self.names.get(p) or self.names.get("/" + p) for p in prefixes]
-        self._path = path
-        self.records[path] = ("/".join(n for n in names if n), {})
-        return self
-
-    def __setitem__(self, key, value):
-        self.records[self._path][1][key] = tuple(value.shape)
-
-    def close(self):
-        pass
+from keras_coatnet._keras_compat import saved_variable_shapes
+from keras_coatnet.naming import HEAD_LAYER
 
 
 def _normalize(path: str) -> str:
@@ -56,11 +27,8 @@ def _normalize(path: str) -> str:
 
 def model_structure(model) -> dict[str, tuple[str, dict[str, tuple]]]:
     """`{path: (layer name, {index: shape})}` for every variable the model saves."""
-    recorder = _ShapeRecorder()
-    saving_lib._save_state(
-        model, weights_store=recorder, assets_store=None, inner_path="", visited_saveables=set()
-    )
-    return {_normalize(p): rec for p, rec in recorder.records.items() if rec[1]}
+    records = saved_variable_shapes(model)
+    return {_normalize(p): rec for p, rec in records.items() if rec[1]}
 
 
 def file_structure(path: str) -> dict[str, tuple[str, dict[str, tuple]]]:

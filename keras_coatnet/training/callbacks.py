@@ -8,16 +8,10 @@ import time
 import keras
 import numpy as np
 
-
-def _seed_generators(layer):
-    """Every SeedGenerator under `layer` (drop path masks), in a fixed order."""
-    found = list(getattr(layer, "_seed_generators", []))
-    for child in getattr(layer, "_layers", []):
-        found += _seed_generators(child)
-    return found
+from keras_coatnet._keras_compat import BackupAndRestore, seed_generators
 
 
-class ResumableBackup(keras.callbacks.BackupAndRestore):
+class ResumableBackup(BackupAndRestore):
     """BackupAndRestore that also keeps the random-generator states.
 
     Keras backs up weights, optimizer state and the epoch, but not the state
@@ -30,22 +24,19 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     def _seed_path(self, epoch):
         return os.path.join(self.backup_dir, f"seed_state_epoch{epoch}.npy")
 
-    def _save_model(self):
+    def save_extra_state(self, epoch):
         os.makedirs(self.backup_dir, exist_ok=True)
-        states = [keras.ops.convert_to_numpy(g.state.value) for g in _seed_generators(self.model)]
-        np.save(self._seed_path(self._current_epoch), np.array(states).reshape(len(states), -1))
-        super()._save_model()
-        stale = self._seed_path(self._current_epoch - 2)
+        states = [keras.ops.convert_to_numpy(g.state.value) for g in seed_generators(self.model)]
+        np.save(self._seed_path(epoch), np.array(states).reshape(len(states), -1))
+        stale = self._seed_path(epoch - 2)
         if os.path.exists(stale):
             os.remove(stale)
 
-    def _load_model(self):
-        super()._load_model()
-        epoch = getattr(self.model, "_initial_epoch", None)
-        if epoch is None or not os.path.exists(self._seed_path(epoch)):
+    def load_extra_state(self, epoch):
+        if not os.path.exists(self._seed_path(epoch)):
             return
         states = np.load(self._seed_path(epoch))
-        for generator, state in zip(_seed_generators(self.model), states, strict=True):
+        for generator, state in zip(seed_generators(self.model), states, strict=True):
             generator.state.assign(state.reshape(generator.state.shape))
 
 

@@ -78,16 +78,9 @@ def _seed_generators(augment) -> list:
     if keras.backend.backend() != "tensorflow":
         return []
 
-    def walk(layer):
-        found = list(layer._seed_generators)
-        for child in layer._layers:
-            found += walk(child)
-        return found
+    from keras_coatnet._keras_compat import seed_generators
 
-    found = []
-    for layer in getattr(augment, "layers", ()):
-        found += [g for g in walk(layer) if all(g is not f for f in found)]
-    return found
+    return seed_generators(*getattr(augment, "layers", ()))
 
 
 def _seeded(augment, seed: int, epoch: int):

@@ -1,0 +1,164 @@
+"""Every private Keras API this package uses, in one place.
+
+Keras 3 has no public way to do what these functions do. Each says which
+public API is missing and why the package needs it, so that a Keras release
+that moves a private name breaks this module only, and a release that adds
+the public API shows what can go. No other module may use `keras.src` or a
+private Keras attribute (tests/test_keras_compat.py checks).
+
+Tested against the Keras versions named in pyproject.toml; written to work
+on the oldest of them too (see the README's developer section).
+"""
+
+from __future__ import annotations
+
+import keras
+
+
+def child_layers(layer) -> list:
+    """The layers `layer` tracks directly (its sublayers), in creation order.
+
+    Missing public API: Keras 3 lists sublayers publicly only for models
+    (`Model.layers`, one level). Layers track theirs in the private
+    `_layers` list; `Layer._flatten_layers` (also private) walks them
+    breadth-first with reversed siblings, not in a stable depth-first order.
+    """
+    return list(getattr(layer, "_layers", None) or [])
+
+
+def walk_layers(layer, paths: bool = False):
+    """Yield `layer` and every layer nested in it, each once, depth first.
+
+    Order: a layer, then each of its sublayers' walks in creation order.
+
+    Args:
+        layer: A `keras.Layer` or `keras.Model`.
+        paths: Yield `(path, layer)` pairs instead, `path` joining the names
+            of the layer's ancestors and its own with "/"
+            (`"coatnet/stage3_block0/attn"`).
+    """
+    seen = set()
+
+    def walk(layer, prefix):
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        path = f"{prefix}/{layer.name}" if prefix else layer.name
+        yield (path, layer) if paths else layer
+        for child in child_layers(layer):
+            yield from walk(child, path)
+
+    return walk(layer, "")
+
+
+def seed_generators(*layers) -> list:
+    """Every `keras.random.SeedGenerator` of `layers` and their sublayers, each once.
+
+    In walk order (`walk_layers`), so the same model gives the same list.
+
+    Missing public API: a layer's SeedGenerators are tracked in the private
+    `Layer._seed_generators`. Their state variables appear in
+    `layer.non_trainable_variables`, but nothing public tells them from the
+    layer's other variables. The training code needs them to back up and
+    restore drop path masks and to reseed augmentation per batch.
+    """
+    found = []
+    for root in layers:
+        for layer in walk_layers(root):
+            for generator in getattr(layer, "_seed_generators", None) or []:
+                if all(generator is not f for f in found):
+                    found.append(generator)
+    return found
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` with hooks for state of one's own.
+
+    Missing public API: Keras backs up weights, optimizer state and the
+    epoch, and has no hook to back up anything else with them. Its private
+    `_save_model` (called for each backup) and `_load_model` (called on
+    `on_train_begin`) are extended here; the epoch being backed up is its
+    private `_current_epoch`, the restored one the private
+    `model._initial_epoch` that `fit` starts from.
+    """
+
+    def save_extra_state(self, epoch: int) -> None:
+        """Called before each backup; `epoch` is the number of completed epochs."""
+
+    def load_extra_state(self, epoch: int) -> None:
+        """Called after a backup was restored; `epoch` is the epoch `fit` resumes at."""
+
+    def _save_model(self):
+        self.save_extra_state(self._current_epoch)
+        super()._save_model()
+
+    def _load_model(self):
+        super()._load_model()
+        epoch = getattr(self.model, "_initial_epoch", None)
+        if epoch is not None:
+            self.load_extra_state(epoch)
+
+
+def saved_variable_shapes(model) -> dict[str, tuple[str, dict[str, tuple]]]:
+    """What `model.save_weights` would write, without writing it.
+
+    `{path: (layer name, {variable index: shape})}`, `path` being the HDF5
+    group of a layer's variables and the layer name joining its ancestors'
+    names with "/" (`"stage3_block0/attn"`). Paths without variables are
+    included with an empty map.
+
+    Missing public API: Keras 3 does not expose the structure of a
+    `.weights.h5` file (which layer goes to which group), only the saving
+    itself. The private `saving_lib._save_state` is the walk that decides it;
+    it is run here with a store that records shapes instead of writing. The
+    store must subclass the private `saving_lib.H5IOStore` because
+    `_save_state` checks its type.
+    """
+    from keras.src.saving import saving_lib
+
+    class ShapeRecorder(saving_lib.H5IOStore):
+        def __init__(self):  # the parent would open a file
+            self.mode = "w"
+            self.records: dict[str, tuple[str, dict[str, tuple]]] = {}
+            self.names: dict[str, str] = {}
+            self._path = None
+
+        def __bool__(self):
+            return True
+
+        def make(self, path, metadata=None):
+            # Name a layer by its ancestors' names too: "stage3_block0/attn".
+            self.names[path] = (metadata or {}).get("name", "")
+            parts = path.strip("/").split("/")
+            prefixes = ("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+            names = [self.names.get(p) or self.names.get("/" + p) for p in prefixes]
+            self._path = path
+            self.records[path] = ("/".join(n for n in names if n), {})
+            return self
+
+        def __setitem__(self, key, value):
+            self.records[self._path][1][key] = tuple(value.shape)
+
+        def close(self):
+            pass
+
+    recorder = ShapeRecorder()
+    saving_lib._save_state(
+        model, weights_store=recorder, assets_store=None, inner_path="", visited_saveables=set()
+    )
+    return recorder.records
+
+
+def initialize_jax_rng() -> None:
+    """Agree on one global seed across JAX processes, as `keras.distribution.initialize` does.
+
+    Missing public API: `keras.distribution.initialize` joins the processes
+    and agrees on a seed in one call, and it does not pass
+    `jax.distributed.initialize` a heartbeat timeout. The training code
+    joins with its own timeout, then runs Keras's seed agreement
+    (`keras.src.backend.jax.distribution_lib.initialize_rng`) on its own. A
+    no-op when a seed was set with `keras.utils.set_random_seed`.
+    """
+    from keras.src.backend.jax import distribution_lib
+
+    distribution_lib.initialize_rng()
