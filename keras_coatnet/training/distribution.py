@@ -139,9 +139,9 @@ def _initialize_jax(coordinator: str, num_processes: int, process_id: int) -> No
         process_id=process_id,
         heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
     )
-    from keras.src.backend.jax import distribution_lib
+    from keras_coatnet._keras_compat import initialize_jax_rng
 
-    distribution_lib.initialize_rng()
+    initialize_jax_rng()
 
 
 def place(args) -> Placement:
