@@ -1,6 +1,6 @@
 """Requests for a CoAtNet served by TF Serving: gRPC PredictRequest and REST JSON.
 
-    python -m keras_coatnet.export coatnet-0 --output /tmp/serving/coatnet
+    coatnet export coatnet-0 --output /tmp/serving/coatnet
     python examples/serving_client.py IMAGE.jpg --model-name coatnet --size 224
 
 Prints the REST body for `POST /v1/models/coatnet:predict` (the bytes

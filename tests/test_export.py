@@ -14,7 +14,8 @@ import pytest
 from helpers import TINY, images, randomize, tiny_model
 
 import keras_coatnet as kc
-from keras_coatnet.export import gather_ops
+from keras_coatnet._keras_compat import walk_layers
+from keras_coatnet.serving.savedmodel import gather_ops
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="SavedModel export is TensorFlow-only"
@@ -210,9 +211,7 @@ def test_logits_export_and_frozen_state_is_restored(tmp_path):
     x = images()
     out = tf.saved_model.load(target).signatures["serving_default"](images=tf.constant(x))
     np.testing.assert_allclose(out["logits"].numpy(), model.predict(x, verbose=0), atol=1e-5)
-    attention = [
-        layer for layer in kc.export.__globals__["_walk"](model) if hasattr(layer, "frozen_bias")
-    ]
+    attention = [layer for layer in walk_layers(model) if hasattr(layer, "frozen_bias")]
     assert attention and all(layer.frozen_bias is None for layer in attention)
 
 
@@ -250,7 +249,8 @@ def test_export_command_writes_a_version(tmp_path):
         [
             sys.executable,
             "-m",
-            "keras_coatnet.export",
+            "keras_coatnet",
+            "export",
             "coatnet-digits",
             "--classes",
             "10",
@@ -263,11 +263,11 @@ def test_export_command_writes_a_version(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "digits" / "1" / "saved_model.pb").is_file()
     bad = subprocess.run(
-        [sys.executable, "-m", "keras_coatnet.export", "coatnet-99", "--output", str(tmp_path)],
+        [sys.executable, "-m", "keras_coatnet", "export", "coatnet-99", "--output", str(tmp_path)],
         capture_output=True,
         text=True,
     )
-    assert bad.returncode == 2 and "Unknown CoAtNet variant 'coatnet-99'" in bad.stderr
+    assert bad.returncode == 2 and "unknown model 'coatnet-99'" in bad.stderr
 
 
 def test_bytes_signature_follows_the_weights_eval_settings(tmp_path):
@@ -323,21 +323,18 @@ def test_an_interrupted_export_leaves_no_version(tmp_path, monkeypatch, interrup
 
 
 def test_export_command_failures_end_in_one_line(tmp_path, capsys):
-    import importlib
+    from keras_coatnet.cli import main
 
-    from keras_coatnet import export as export_module  # noqa: F401 - the function
-
-    module = importlib.import_module("keras_coatnet.export")
     blocker = tmp_path / "a_file"
     blocker.write_text("in the way")
-    argv = ["coatnet-digits", "--classes", "10", "--output", str(blocker / "serving")]
-    assert module.main(argv) == 1  # I/O failure while working
+    argv = ["export", "coatnet-digits", "--classes", "10", "--output", str(blocker / "serving")]
+    assert main(argv) == 1  # I/O failure while working
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("coatnet export: error: ")
     assert "(--verbose shows the traceback)" in err
-    assert module.main([*argv, "--verbose"]) == 1
+    assert main([*argv, "--verbose"]) == 1
     assert "Traceback (most recent call last)" in capsys.readouterr().err
-    assert module.main(["coatnet-digits", "--top-k", "0", "--output", str(tmp_path)]) == 2
+    assert main(["export", "coatnet-digits", "--top-k", "0", "--output", str(tmp_path)]) == 2
     assert "top_k must be an int" in capsys.readouterr().err
 
 

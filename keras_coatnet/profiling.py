@@ -23,6 +23,7 @@ import math
 
 import keras
 
+from keras_coatnet._keras_compat import walk_layers
 from keras_coatnet.layers import RelativeAttention
 
 
@@ -37,13 +38,6 @@ class Profile:
 
     def __str__(self):
         return f"params={self.params / 1e6:.2f}M MACs={self.macs / 1e9:.3f}G"
-
-
-def _walk(layer, prefix=""):
-    path = f"{prefix}/{layer.name}" if prefix else layer.name
-    yield path, layer
-    for child in getattr(layer, "_layers", []):
-        yield from _walk(child, path)
 
 
 def _input_shape(layer):
@@ -85,7 +79,7 @@ def profile(model: keras.Model) -> Profile:
         `per_layer` MACs keyed by layer path.
     """
     per_layer = {}
-    for path, layer in _walk(model):
+    for path, layer in walk_layers(model, paths=True):
         macs = layer_macs(layer)
         if macs:
             per_layer[path] = macs

@@ -24,17 +24,17 @@ moving its weights into a TensorFlow-backend process.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
-import sys
 import uuid
 
 import keras
 
+from keras_coatnet._keras_compat import walk_layers
 from keras_coatnet.layers import RelativeAttention
-from keras_coatnet.preprocessing import CROP_MODES, INTERPOLATIONS, EvalSettings, eval_transform
+from keras_coatnet.naming import HEAD_LAYER
+from keras_coatnet.preprocessing import EvalSettings, eval_transform
 from keras_coatnet.preprocessing import eval_settings as model_eval_settings
 
 OUTPUTS = ("probabilities", "logits")
@@ -45,7 +45,7 @@ SIGNATURE_BYTES = "serving_bytes"
 @contextlib.contextmanager
 def frozen_biases(model):
     """Within the block, every attention layer uses its bias as a constant."""
-    layers = [layer for layer in _walk(model) if isinstance(layer, RelativeAttention)]
+    layers = [layer for layer in walk_layers(model) if isinstance(layer, RelativeAttention)]
     try:
         for layer in layers:
             layer.frozen_bias = keras.ops.convert_to_numpy(layer.relative_bias()).astype("float32")
@@ -55,15 +55,9 @@ def frozen_biases(model):
             layer.frozen_bias = None
 
 
-def _walk(layer):
-    yield layer
-    for sub in getattr(layer, "_layers", []) or []:
-        yield from _walk(sub)
-
-
 def _head_activation(model):
     try:
-        head = model.get_layer("predictions")
+        head = model.get_layer(HEAD_LAYER)
     except ValueError:
         raise ValueError(
             "export needs a classifier: build the model with include_top=True"
@@ -252,54 +246,3 @@ def gather_ops(saved_model_dir, signature=SIGNATURE_IMAGES) -> list[str]:
     # Dense layers on 4-D maps gather static shape entries (Tensordot); those
     # are not table lookups.
     return [node.name for node in nodes if "Gather" in node.op and "Tensordot" not in node.name]
-
-
-def main(argv=None) -> int:
-    """`python -m keras_coatnet.export MODEL --weights FILE --output DIR`."""
-    parser = argparse.ArgumentParser(description="Export a CoAtNet for TF Serving.")
-    parser.add_argument("model", help="architecture name, see keras_coatnet.list_models()")
-    parser.add_argument("--weights", help="a .weights.h5 file, 'imagenet' or a tag")
-    parser.add_argument("--output", required=True, help="model base directory")
-    parser.add_argument("--image-size", type=int, help="input side (default: the variant's)")
-    parser.add_argument("--classes", type=int, help="default: the weights' head, else 1000")
-    parser.add_argument("--version", type=int)
-    parser.add_argument("--outputs", choices=OUTPUTS, default="probabilities")
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--crop-pct", type=float, help="default: the weights' own")
-    parser.add_argument("--crop-mode", choices=CROP_MODES, help="default: the weights' own")
-    parser.add_argument("--interpolation", choices=INTERPOLATIONS, help="default: the weights'")
-    parser.add_argument("--verbose", action="store_true", help="show the traceback on errors")
-    args = parser.parse_args(argv)
-    from keras_coatnet.model import create_model
-
-    try:
-        kwargs = {}
-        if args.image_size:
-            kwargs["input_shape"] = (args.image_size, args.image_size, 3)
-        model = create_model(
-            args.model,
-            weights=args.weights,
-            classes=args.classes,
-            classifier_activation=None if args.outputs == "logits" else "softmax",
-            **kwargs,
-        )
-        target = export(
-            model,
-            args.output,
-            version=args.version,
-            outputs=args.outputs,
-            top_k=args.top_k,
-            crop_pct=args.crop_pct,
-            crop_mode=args.crop_mode,
-            interpolation=args.interpolation,
-        )
-    except (Exception, KeyboardInterrupt) as error:
-        from keras_coatnet._errors import report
-
-        return report("coatnet export", error, args.verbose)
-    print(f"wrote {target}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

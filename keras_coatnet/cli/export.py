@@ -1,0 +1,60 @@
+"""`coatnet export`: a model as a TF Serving SavedModel (`keras_coatnet.export`)."""
+
+from __future__ import annotations
+
+from keras_coatnet.cli._common import PROG, add_command
+from keras_coatnet.preprocessing import CROP_MODES, INTERPOLATIONS
+
+OUTPUTS = ("probabilities", "logits")  # as keras_coatnet.serving.OUTPUTS, without importing it
+
+
+def register(subparsers, parents) -> None:
+    p = add_command(
+        subparsers,
+        "export",
+        "write a TF Serving SavedModel version (images and image-bytes signatures)",
+        parents,
+    )
+    p.add_argument("model", help=f"architecture name (`{PROG} models` lists them)")
+    p.add_argument(
+        "--weights",
+        help="'imagenet', a tag, hf://owner/repo, a model.safetensors or .weights.h5 file "
+        "(default: random initialisation)",
+    )
+    p.add_argument("--output", required=True, help="model base directory (gets OUTPUT/VERSION/)")
+    p.add_argument("--image-size", type=int, help="input side (default: the model's)")
+    p.add_argument("--classes", type=int, help="default: the weights' head, else 1000")
+    p.add_argument("--version", type=int, help="default: one more than the highest present")
+    p.add_argument("--outputs", choices=OUTPUTS, default="probabilities", help="(probabilities)")
+    p.add_argument("--top-k", type=int, default=5, help="top classes returned (5)")
+    p.add_argument("--crop-pct", type=float, help="serving_bytes crop (default: the weights')")
+    p.add_argument("--crop-mode", choices=CROP_MODES, help="default: the weights' own")
+    p.add_argument("--interpolation", choices=INTERPOLATIONS, help="default: the weights' own")
+    p.set_defaults(run=run)
+
+
+def run(args):
+    from keras_coatnet.cli._common import config, image_size
+    from keras_coatnet.model import CoAtNet
+    from keras_coatnet.serving import export
+
+    cfg = config(args.model)
+    size = image_size(args.image_size, cfg)
+    model = CoAtNet(
+        cfg,
+        weights=args.weights,
+        input_shape=(size, size, 3),
+        classes=args.classes,
+        classifier_activation=None if args.outputs == "logits" else "softmax",
+    )
+    target = export(
+        model,
+        args.output,
+        version=args.version,
+        outputs=args.outputs,
+        top_k=args.top_k,
+        crop_pct=args.crop_pct,
+        crop_mode=args.crop_mode,
+        interpolation=args.interpolation,
+    )
+    print(f"wrote {target}")

@@ -1,0 +1,78 @@
+"""The table of parameter and MAC counts `coatnet models` prints, without building.
+
+`data/model_counts.json` holds, for every config at its default size with
+1000 classes, what `keras_coatnet.profile` counts on the built model:
+trainable parameters and MACs for one image. Reading it needs no framework;
+each entry also records a fingerprint of the config it was measured on.
+`tests/test_counts.py` checks every fingerprint against today's configs and
+builds a few small configs to compare their counts (every config under
+`-m slow`), so the table cannot drift from the configs or the builder.
+After changing a config, write it again:
+
+    python -c "from keras_coatnet import counts; counts.write()"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "model_counts.json")
+CLASSES = 1000
+# Building these in float32 takes 6 GiB; the counts do not depend on the dtype.
+HALF_PRECISION = ("coatnet-6", "coatnet-7")
+
+
+@dataclass(frozen=True)
+class Counts:
+    params: int
+    macs: int
+    config: str = ""  # `fingerprint` of the config measured
+
+
+def fingerprint(config) -> str:
+    """A short digest of every field of `config`."""
+    text = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load(path: str = PATH) -> dict[str, Counts]:
+    """Every config's counts, by name."""
+    with open(path, encoding="utf-8") as f:
+        table = json.load(f)
+    return {name: Counts(**entry) for name, entry in table.items()}
+
+
+def measure(config) -> Counts:
+    """Build `config` at its default size with 1000 classes and count it."""
+    import keras
+
+    from keras_coatnet.model import CoAtNet
+    from keras_coatnet.profiling import profile
+
+    policy = keras.config.dtype_policy()
+    if config.name in HALF_PRECISION:
+        keras.config.set_dtype_policy("bfloat16")
+    try:
+        counted = profile(CoAtNet(config, classes=CLASSES))
+    finally:
+        keras.config.set_dtype_policy(policy)
+        keras.backend.clear_session()
+    return Counts(counted.params, counted.macs, fingerprint(config))
+
+
+def write(path: str = PATH) -> None:
+    """Measure every config and write the table (sorted by name, atomically)."""
+    from keras_coatnet.configs import CONFIGS
+
+    table = {}
+    for name in sorted(CONFIGS):
+        table[name] = dataclasses.asdict(measure(CONFIGS[name]))
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8") as f:
+        json.dump(table, f, indent=1)
+        f.write("\n")
+    os.replace(partial, path)

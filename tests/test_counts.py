@@ -1,0 +1,32 @@
+"""The counts table `coatnet models` prints equals what building each config gives."""
+
+import pytest
+
+import keras_coatnet as kc
+from keras_coatnet import counts
+
+TABLE = counts.load()
+# Built in the default suite (a few seconds each); every config under -m slow.
+SMALL = ("coatnet-digits", "coatnet_pico_rw_224", "coatnet_nano_rw_224", "coatnet-0")
+
+
+def test_every_entry_was_measured_on_todays_config():
+    assert set(TABLE) == set(kc.CONFIGS)
+    stale = [n for n, c in kc.CONFIGS.items() if TABLE[n].config != counts.fingerprint(c)]
+    assert not stale, f"configs changed since the table was written: {stale}"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n if n in SMALL else pytest.param(n, marks=pytest.mark.slow) for n in sorted(kc.CONFIGS)],
+)
+def test_entry_is_what_the_built_model_counts(name):
+    assert counts.measure(kc.CONFIGS[name]) == TABLE[name]
+
+
+def test_a_changed_config_is_caught():
+    """Both checks fail for a config that changed after the table was written."""
+    wider = kc.CONFIGS["coatnet-digits"].replace(head_hidden_size=64)
+    assert counts.fingerprint(wider) != TABLE["coatnet-digits"].config
+    measured, listed = counts.measure(wider), TABLE["coatnet-digits"]
+    assert (measured.params, measured.macs) != (listed.params, listed.macs)
