@@ -21,7 +21,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keras_coatnet.configs import CONFIGS, get_config
+from keras_coatnet.configs import get_config, timm_names
 from keras_coatnet.layers import (
     LayerScale,
     MBConvBlock,
@@ -30,6 +30,7 @@ from keras_coatnet.layers import (
     Stem,
     TransformerBlock,
 )
+from keras_coatnet.naming import HEAD_LAYER, parse_block_name
 from keras_coatnet.resize import resize_relative_table
 
 # timm buffers that are derived state, not weights.
@@ -38,11 +39,6 @@ _IGNORED_SUFFIXES = (
     "relative_position_index",
     "rel_coords_log",
 )
-
-
-def timm_names() -> list[str]:
-    """The timm architectures this module converts (rows of `CONFIGS` named as in timm)."""
-    return sorted(name for name in CONFIGS if name.startswith("coatnet_"))
 
 
 class _Plan:
@@ -185,10 +181,10 @@ def load_timm_state_dict(model, state_dict, windows=None) -> None:
     windows = windows or {}
     plan.stem(model.get_layer("stem"), "stem")
     for layer in model.layers:
-        if not layer.name.startswith("stage") or "_block" not in layer.name:
+        parsed = parse_block_name(layer.name)
+        if parsed is None:
             continue
-        s, b = layer.name[len("stage") :].split("_block")
-        prefix = f"stages.{int(s) - 1}.blocks.{int(b)}"
+        prefix = f"stages.{parsed[0] - 1}.blocks.{parsed[1]}"
         if isinstance(layer, MBConvBlock):
             plan.mbconv(layer, prefix)
         elif isinstance(layer, TransformerBlock):
@@ -214,14 +210,14 @@ def load_timm_state_dict(model, state_dict, windows=None) -> None:
 
 def _plan_head(plan, model):
     names = {layer.name for layer in model.layers}
-    if "predictions" not in names:
+    if HEAD_LAYER not in names:
         raise ValueError("load_timm_state_dict needs a model with include_top=True")
     if "head_pre_logits" in names:
         plan.norm(model.get_layer("head_norm"), "head.norm")
         plan.dense(model.get_layer("head_pre_logits"), "head.pre_logits.fc")
     else:
         plan.norm(model.get_layer("head_norm"), "norm")
-    plan.dense(model.get_layer("predictions"), "head.fc")
+    plan.dense(model.get_layer(HEAD_LAYER), "head.fc")
 
 
 def _to_numpy(value):

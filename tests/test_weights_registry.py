@@ -1,6 +1,10 @@
 """The pretrained-weights registry, `weights=` resolution of local files, and the
 builders' head rules. The Hub path itself is tested in `test_pretrained.py`."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from helpers import TINY, images, randomize, tiny_model
@@ -99,6 +103,31 @@ def test_entries_are_validated():
         kw.WeightsEntry("coatnet_0_rw_224")
     with pytest.raises(ValueError, match="num_classes must be a positive int"):
         kw.WeightsEntry("a.b", num_classes=0)
+
+
+# The command line reads configs and tags without a framework. The package's
+# own __init__ is swapped for a bare package so that only these modules count.
+_NO_FRAMEWORK = """
+import sys, types
+package = types.ModuleType("keras_coatnet")
+package.__path__ = [sys.argv[1]]
+sys.modules["keras_coatnet"] = package
+import keras_coatnet.configs as configs
+import keras_coatnet.naming, keras_coatnet.preprocessing
+assert "numpy" not in sys.modules, "configs, naming or preprocessing imported numpy"
+import keras_coatnet.weights.registry as registry
+assert configs.get_config("coatnet-0").stages and registry.default_tag("coatnet_0_rw_224")
+print(sorted({"tensorflow", "keras", "jax", "torch"} & {m.split(".")[0] for m in sys.modules}))
+"""
+
+
+def test_configs_registry_and_preprocessing_import_no_framework():
+    package = os.path.dirname(kc.__file__)
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_FRAMEWORK, package], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 # -- local files ------------------------------------------------------------------------

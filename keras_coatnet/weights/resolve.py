@@ -20,8 +20,8 @@ import json
 import os
 from dataclasses import dataclass
 
-from keras_coatnet import loading
 from keras_coatnet._errors import first_line
+from keras_coatnet.configs import CONFIGS, timm_names
 from keras_coatnet.preprocessing import EvalSettings
 from keras_coatnet.weights import checkpoint, hub
 from keras_coatnet.weights.registry import (
@@ -114,6 +114,8 @@ def _from_file(path: str, config) -> ResolvedWeights:
 
 
 def _keras_file(path, source, eval_settings=None, image_size=None) -> ResolvedWeights:
+    from keras_coatnet import loading  # imports Keras; `keras_coatnet.weights` does not
+
     try:
         structure = loading.file_structure(path)
     except OSError as error:
@@ -247,8 +249,6 @@ def _converted(
 
 def _timm_config(path: str, config, source: str):
     """Evaluation settings and image size from a timm `config.json`, checked against `config`."""
-    from keras_coatnet.configs import CONFIGS
-
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -257,11 +257,10 @@ def _timm_config(path: str, config, source: str):
     if not isinstance(data, dict):
         raise ValueError(f"{source}: config.json is not a timm model config")
     architecture = data.get("architecture")
-    timm_names = sorted(n for n in CONFIGS if n.startswith("coatnet_"))
     if architecture not in CONFIGS:
         raise ValueError(
             f"{source} holds architecture {architecture!r}, not a CoAtNet keras_coatnet "
-            f"knows; known: {', '.join(timm_names)}"
+            f"knows; known: {', '.join(timm_names())}"
         )
     if model_key(architecture) != model_key(config.name):
         raise ValueError(
