@@ -16,8 +16,8 @@ the original graph node belonged to. Training: `tf.profiler` traces three
 each fast path on and off: the BatchNorm folding at inference
 (`MBConvBlock.fold_batch_norm`, `Stem.fold_batch_norm`) and, with
 `--train`, the fused training BatchNorm (`BatchNorm.fused`). The other
-changes (GELU form, Dense on tokens) have no switch; bench.py measures the
-whole against timm.
+changes (GELU form, Dense on tokens) have no switch; `coatnet bench`
+measures the whole against timm.
 
 Every BatchNorm statistic, scale and bias is randomized first: at their
 initial zeros Grappler removes bias adds and the profile would show
@@ -40,9 +40,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_coatnet.export import frozen_biases  # noqa: E402
 from keras_coatnet.layers import BatchNorm, MBConvBlock, Stem  # noqa: E402
 from keras_coatnet.model import create_model  # noqa: E402
+from keras_coatnet.serving.savedmodel import frozen_biases  # noqa: E402
 
 KINDS = (  # (substring of the node name, kind), first match wins
     ("gradient_tape", "backward"),

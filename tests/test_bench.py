@@ -1,0 +1,294 @@
+"""`coatnet bench` (keras_coatnet.bench): flags, timing and ratios, the child processes, a run.
+
+The run is `coatnet bench --smoke` (coatnet_pico_rw_224 at 64x64, one
+round of each variant, the training step, both child processes). No
+assertion is about speed.
+"""
+
+import argparse
+import importlib.util
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from keras_coatnet.bench import options as bench_options
+from keras_coatnet.bench import workers
+from keras_coatnet.bench.options import Case
+from keras_coatnet.bench.report import OWN_PROCESS, add_rows
+from keras_coatnet.bench.timing import Ticker, log, summarize, timed_rounds
+from keras_coatnet.cli import _common
+from keras_coatnet.cli import bench as bench_cli
+
+needs_timm = pytest.mark.skipif(
+    importlib.util.find_spec("timm") is None or importlib.util.find_spec("torch") is None,
+    reason="the timm extra",
+)
+
+
+def parse(*argv):
+    """`coatnet bench ARGV` parsed with only the bench command registered."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true")
+    common.add_argument("--verbose", action="store_true")
+    top = _common.Parser(prog="coatnet")
+    bench_cli.register(top.add_subparsers(dest="command", required=True), [common])
+    return top.parse_args(["bench", *argv])
+
+
+# ----------------------------------------------------------------------------- flags
+
+
+def test_flags_resolve_to_the_documented_defaults_and_presets():
+    args = parse()
+    assert args.run is bench_cli.run and args.framework is True
+    full = bench_options.resolve(args)
+    assert full.cases == (
+        Case("coatnet_0_224", 224, (1, 8)),
+        Case("coatnet_1_224", 224, (1, 8)),
+        Case("coatnet_1_224", 384, (1, 8)),
+    )
+    assert full.train == Case("coatnet_0_224", 224, (8,))
+    assert (full.repeats, full.warmup, full.train_repeats, full.budget) == (10, 2, 8, 120.0)
+    assert full.variants == ("predict", "graph", "xla", "savedmodel")
+    assert full.train_variants == ("train_on_batch", "train_on_batch_xla")
+    assert full.timm_own_process and full.threads == os.cpu_count() and full.json is None
+
+    quick = bench_options.resolve(parse("--quick"))
+    assert quick.cases == (Case("coatnet_0_224", 224, (1,)),)
+    assert (quick.repeats, quick.warmup, quick.train, quick.train_repeats) == (
+        2,
+        1,
+        Case("coatnet_0_224", 224, (2,)),
+        2,
+    )
+
+    smoke = bench_options.resolve(parse("--smoke"))
+    assert smoke.cases == (Case("coatnet_pico_rw_224", 64, (1,)),)
+    assert smoke.train == Case("coatnet_pico_rw_224", 64, (1,))
+    assert (smoke.repeats, smoke.warmup, smoke.train_repeats) == (1, 1, 1)
+    assert smoke.variants == ("predict", "graph", "savedmodel")
+    assert smoke.train_variants == ("train_on_batch",)
+
+
+def test_model_specs_and_explicit_flags():
+    opts = bench_options.resolve(
+        parse("--models", "coatnet_1_224:384:2,4", "coatnet_0_rw_224", "--batches", "3")
+    )
+    assert opts.cases == (Case("coatnet_1_224", 384, (2, 4)), Case("coatnet_0_rw_224", 224, (3,)))
+    opts = bench_options.resolve(
+        parse("--train-model", "coatnet_nano_rw_224:96", "--train-batch", "5", "--variants", "")
+    )
+    assert opts.train == Case("coatnet_nano_rw_224", 96, (5,))
+    assert opts.variants == ()  # timm only
+    assert bench_options.resolve(parse("--no-train")).train is None
+    assert bench_options.resolve(parse("--no-inference")).cases == ()
+    assert bench_options.resolve(parse("--no-timm-own-process")).timm_own_process is False
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--repeats", "0"], r"^--repeats must be at least 1, received: 0$"),
+        (["--warmup", "-1"], r"^--warmup must be at least 1, received: -1$"),
+        (["--budget", "-5"], r"^--budget must be at least 0"),
+        (["--variants", "graph,onnx"], r"^--variants: unknown 'onnx'; choose from predict, "),
+        (["--train-variants", "fit"], r"^--train-variants: unknown 'fit'; choose from train_on"),
+        (
+            ["--models", "coatnet_9_224"],
+            r"^--models: unknown timm model 'coatnet_9_224'; closest: ",
+        ),
+        (["--models", "coatnet_0_224:100"], r"^--models: the size must be a positive multiple"),
+        (["--models", "coatnet_0_224:224:0"], r"batch sizes must be at least 1"),
+        (["--batches", "1,x"], r"^--batches: not a whole number: 'x'$"),
+        (["--train-model", "nope:64"], r"^--train-model: unknown timm model 'nope'"),
+        (["--no-train", "--no-inference"], r"leave nothing to measure$"),
+        (["--json", "/no/such/folder/out.json"], r"^--json: the folder of .* does not exist$"),
+    ],
+)
+def test_bad_flag_values_are_one_line_errors_before_any_work(argv, message, capsys):
+    args = parse(*argv)
+    with pytest.raises(_common.CLIError) as raised:
+        args.run(args)
+    assert raised.value.code == 2
+    assert re.search(message, str(raised.value)) and "\n" not in str(raised.value)
+    assert capsys.readouterr().out == ""  # nothing measured, nothing logged
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--bogus"], r"^coatnet: error: unrecognized arguments: --bogus"),
+        (["--quick", "--smoke"], r"^coatnet bench: error: argument --smoke: not allowed with"),
+        (["--repeats", "x"], r"^coatnet bench: error: argument --repeats: invalid int value"),
+    ],
+)
+def test_unparseable_flags_exit_2_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as raised:
+        parse(*argv)
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err), err
+
+
+def test_help_lists_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        parse("--help")
+    out = capsys.readouterr().out
+    assert out.startswith("usage: coatnet bench")
+    for flag in (
+        "--quick --smoke --models --batches --repeats --warmup --budget --wait-idle --retries "
+        "--busy --threads --inter-threads --variants --no-train --no-inference "
+        "--no-timm-own-process --train-model --train-batch --train-repeats --train-variants "
+        "--json --quiet --verbose"
+    ).split():
+        assert re.search(rf"{flag}\b", out), flag
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def test_timed_rounds_warm_up_then_rotate_the_order():
+    calls = []
+    fns = {name: (lambda n=name: calls.append(n)) for name in "abc"}
+    results = timed_rounds(fns, warmup=2, repeats=3, budget=1e9)
+    assert calls == list("aabbcc") + list("abcbcacab")
+    assert all(len(r["times_s"]) == 3 and r["first_s"] is not None for r in results.values())
+    # Past the budget it stops after min_repeats rounds.
+    calls.clear()
+    results = timed_rounds(fns, warmup=1, repeats=10, budget=0.0, min_repeats=2)
+    assert len(calls) == 3 + 2 * 3 and len(results["a"]["times_s"]) == 2
+
+
+def test_rows_give_ratios_of_medians_and_each_rows_process():
+    macs = 10**9
+    # Means would give other ratios: timm 4 s mean, 1 s median; keras 0.7 and 0.5.
+    timings = {
+        "timm": {"first_s": 3.0, "times_s": [1.0, 10.0, 1.0]},
+        "graph": {"first_s": 2.0, "times_s": [0.5, 0.1, 0.5, 0.9, 1.5]},
+    }
+    own = {"first_s": 1.0, "times_s": [2.0, 2.0, 9.0], "pid": -7}
+    rows = []
+    add_rows(rows, "m", 64, 4, macs, timings, 0.05, 3, "train: ", own, 0.02)
+    by = {r["variant"]: r for r in rows}
+    assert list(by) == ["train: timm", "train: graph", f"train: {OWN_PROCESS}"]
+    graph = by["train: graph"]
+    assert graph["median_ms"] == pytest.approx(500.0) and graph["min_ms"] == pytest.approx(100.0)
+    assert graph["images_per_s"] == pytest.approx(4 / 0.5)
+    assert graph["gflops"] == pytest.approx(2 * 3 * macs * 8 / 1e9)  # 3 passes per step
+    assert graph["ratio_vs_timm"] == pytest.approx(2.0)
+    assert graph["ratio_vs_timm_own_process"] == pytest.approx(4.0)
+    assert by[f"train: {OWN_PROCESS}"]["ratio_vs_timm"] == pytest.approx(0.5)
+    assert by["train: timm"]["pid"] == graph["pid"] == os.getpid()
+    assert by[f"train: {OWN_PROCESS}"]["pid"] == -7
+    assert (graph["other_load_cores"], by[f"train: {OWN_PROCESS}"]["other_load_cores"]) == (
+        0.05,
+        0.02,
+    )
+    assert summarize([3.0], 1, macs)["repeats"] == 1
+
+
+def test_ticker_draws_on_its_stream_and_log_lines_erase_it(capsys):
+    stream = io.StringIO()
+    with Ticker("benchmarking", True, stream=stream):
+        assert Ticker.active is not None
+        for _ in range(100):  # it draws every half second
+            if stream.getvalue():
+                break
+            time.sleep(0.1)
+        log("a line")
+        drawn = stream.getvalue()
+    assert Ticker.active is None
+    assert re.match(r"^\rbenchmarking \d+s\033\[K", drawn), drawn
+    assert re.search(r"s\033\[K\r\033\[K", drawn), drawn  # erased before the line
+    assert capsys.readouterr().out == "a line\n"  # stdout gets the log lines only
+
+    quiet = io.StringIO()
+    with Ticker("benchmarking", False, stream=quiet):
+        assert Ticker.active is None
+        log("b")
+    assert quiet.getvalue() == "" and capsys.readouterr().out == "b\n"
+
+
+def test_worker_command_line(capsys):
+    assert workers.main(["nope", "{}"]) == 2
+    assert "usage: workers.py {timm,export} CONFIG_JSON" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+@needs_timm
+def test_timm_worker_runs_in_a_process_without_tensorflow():
+    cfg = {
+        "name": "coatnet_pico_rw_224",
+        "size": 64,
+        "batch": 1,
+        "train": False,
+        "threads": 1,
+        "warmup": 1,
+        "repeats": 2,
+        "budget": 100.0,
+    }
+    result, error = workers.run("timm", cfg)
+    assert error is None and result is not None
+    assert result["pid"] != os.getpid()
+    assert result["tensorflow_imported"] is False  # torch and timm only
+    assert result["threads"] == 1
+    assert result["first_s"] > 0 and len(result["times_s"]) == 2
+    assert all(t > 0 for t in result["times_s"])
+
+
+@needs_timm
+def test_smoke_run_times_every_variant_and_checks_parity(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_coatnet", "bench", "--smoke"]
+        + ["--variants", "graph,savedmodel", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # the installed package, nothing of the checkout
+        env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in data["results"]}
+    assert list(rows) == [
+        "timm",
+        "graph",
+        "savedmodel",  # exported in a child process, served here
+        OWN_PROCESS,
+        "train: timm",
+        "train: train_on_batch",
+        f"train: {OWN_PROCESS}",
+    ]
+    # timm and the Keras variants in the benchmark's process, timm alone in
+    # a child of its own for each block.
+    bench_pid = data["environment"]["pid"]
+    for name in ("timm", "graph", "savedmodel", "train: timm", "train: train_on_batch"):
+        assert rows[name]["pid"] == bench_pid, name
+    alone = rows[OWN_PROCESS]["pid"], rows[f"train: {OWN_PROCESS}"]["pid"]
+    assert bench_pid not in alone and alone[0] != alone[1]
+    for name, row in rows.items():
+        assert (row["model"], row["size"], row["batch"], row["repeats"]) == (
+            "coatnet_pico_rw_224",
+            64,
+            1,
+            1,
+        ), name
+        timm = rows["train: timm" if name.startswith("train") else "timm"]
+        assert row["images_per_s"] == pytest.approx(1e3 / row["median_ms"])
+        assert row["ratio_vs_timm"] == pytest.approx(row["images_per_s"] / timm["images_per_s"])
+        assert row["peak_share"] == pytest.approx(row["gflops"] / data["sgemm_peak"])
+    assert [c["variant"] for c in data["parity"]] == ["graph", "savedmodel"]
+    assert max(c["diff"] for c in data["parity"]) < 1e-4  # same weights, same logits
+    assert len(data["sgemm_gflops"]) == 3  # start, after the model, after training
+    # The log ends with the table and the parity line, as docs/BENCHMARKS.md shows.
+    assert "| coatnet_pico_rw_224 | 64 | 1 | savedmodel |" in result.stdout
+    assert "largest max abs diff of any keras variant vs timm" in result.stdout
