@@ -20,13 +20,8 @@ import sys
 
 import keras
 
-DISTRIBUTIONS = ("none", "data-parallel")
-
-# Read by keras.distribution.initialize when its arguments are None; the
-# --coordinator-address, --num-processes and --process-id flags fall back to them.
-ENV_COORDINATOR = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
-ENV_NUM_PROCESSES = "KERAS_DISTRIBUTION_NUM_PROCESSES"
-ENV_PROCESS_ID = "KERAS_DISTRIBUTION_PROCESS_ID"
+# The environment variables the process flags fall back to (defined with the flags).
+from keras_coatnet.training.config import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 
 # A process that stops sending heartbeats (killed, host down) is declared dead
 # after this many seconds; JAX's default is 100.
