@@ -4,6 +4,7 @@ import pathlib
 import re
 
 import keras
+import numpy as np
 from helpers import tiny_model
 
 from keras_coatnet._keras_compat import seed_generators, walk_layers
@@ -62,3 +63,48 @@ def test_walk_layers_visits_a_shared_sublayer_once():
 
     names = [layer.name for layer in walk_layers(Outer())]
     assert names == ["outer", "first", "shared", "second"]
+
+
+def test_backup_restores_the_seed_generators_of_the_epoch_it_resumes_at(tmp_path):
+    """The BackupAndRestore hooks: states saved per epoch, loaded at the resumed epoch."""
+    from keras_coatnet.training.callbacks import ResumableBackup
+
+    x = np.random.RandomState(0).normal(size=(8, 4)).astype("float32")
+    y = x[:, :1]
+
+    def model():
+        m = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5), keras.layers.Dense(1)])
+        m.compile(optimizer="sgd", loss="mse")
+        return m
+
+    def state(m):
+        return [keras.ops.convert_to_numpy(g.state.value) for g in seed_generators(m)]
+
+    class Seen(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch, self.state = epoch, state(self.model)
+
+    backup = str(tmp_path / "backup")
+    first = model()
+    first.fit(x, y, epochs=2, batch_size=4, verbose=0,
+              callbacks=[ResumableBackup(backup, delete_checkpoint=False)])  # fmt: skip
+    saved = state(first)
+    second, seen = model(), Seen()
+    assert not np.array_equal(state(second)[0], saved[0])
+    second.fit(x, y, epochs=3, batch_size=4, verbose=0,
+               callbacks=[ResumableBackup(backup), seen])  # fmt: skip
+    assert seen.epoch == 2  # resumed after the two backed-up epochs
+    np.testing.assert_array_equal(seen.state[0], saved[0])
+
+
+def test_cutmix_augmenter_runs():
+    """The newest Keras layer the recipe uses (keras.layers.CutMix, Keras 3.9)."""
+    from keras_coatnet.training import recipe
+
+    augment = recipe.augmenter(recipe.PAPER.replace(cutmix=True), seed=0)
+    images = np.random.RandomState(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    labels = np.eye(4, dtype="float32")
+    out_images, out_labels = augment(images, labels)
+    assert out_images.shape == images.shape
+    np.testing.assert_allclose(np.sum(out_labels, axis=-1), 1.0, rtol=1e-5)
+    assert not np.array_equal(np.asarray(out_labels), labels)  # labels were mixed

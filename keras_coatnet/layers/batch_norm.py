@@ -31,7 +31,7 @@ class BatchNorm(keras.layers.BatchNormalization):
             and self.fused
             and mask is None
             and not self.synchronized
-            and not self.renorm
+            and not getattr(self, "renorm", False)  # renorm: Keras 3.14 and later
             and keras.backend.backend() == "tensorflow"
             and len(inputs.shape) in (2, 4)
             and self.axis in (-1, len(inputs.shape) - 1)
