@@ -6,9 +6,9 @@ The benchmark is the package's `keras_coatnet.bench` (see its docstring and
 docs/BENCHMARKS.md); this file only keeps the documented command working.
 """
 
+import os
 import sys
 
-import keras_coatnet.cli
-
 if __name__ == "__main__":
-    sys.exit(keras_coatnet.cli.main(["bench", *sys.argv[1:]]))
+    # As `python -m keras_coatnet`, which starts without TensorFlow and turns its logging down.
+    os.execv(sys.executable, [sys.executable, "-m", "keras_coatnet", "bench", *sys.argv[1:]])

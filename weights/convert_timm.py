@@ -4,9 +4,9 @@ The conversion is package code (`keras_coatnet.cli.convert`, over
 `keras_coatnet.convert`); see weights/README.md for where weights come from.
 """
 
+import os
 import sys
 
-from keras_coatnet.cli import main
-
 if __name__ == "__main__":
-    sys.exit(main(["convert", *sys.argv[1:]]))
+    # As `python -m keras_coatnet`, which starts without TensorFlow and turns its logging down.
+    os.execv(sys.executable, [sys.executable, "-m", "keras_coatnet", "convert", *sys.argv[1:]])
