@@ -8,7 +8,7 @@ import pytest
 from helpers import TINY, images, randomize, tiny_model
 
 import keras_coatnet as kc
-from keras_coatnet.profile import layer_macs
+from keras_coatnet.profiling import layer_macs
 
 # SPEC.md: timm 1.0.31 coatnet_N_224, 224x224, 1000 classes.
 REFERENCE_PARAMS = {0: 25.04e6, 1: 42.23e6, 2: 74.68e6, 3: 166.97e6, 4: 275.43e6, 5: 687.47e6}
