@@ -9,9 +9,7 @@ The same as `coatnet train ARGS`. From Python:
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from keras_coatnet.cli import main  # noqa: E402
-
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    # As `python -m keras_coatnet train`: the flags are checked before TensorFlow starts,
+    # and its start-up logging is turned down.
+    os.execv(sys.executable, [sys.executable, "-m", "keras_coatnet", "train", *sys.argv[1:]])
