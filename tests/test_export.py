@@ -276,7 +276,7 @@ def test_bytes_signature_follows_the_weights_eval_settings(tmp_path):
 
     from keras_coatnet.preprocessing import EvalSettings, eval_transform
     from keras_coatnet.weights import resolve
-    from keras_coatnet.weights.resolve import ResolvedWeights
+    from keras_coatnet.weights.resolver import ResolvedWeights
 
     source = tiny_model(classifier_activation=None)
     randomize(source)

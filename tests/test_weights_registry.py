@@ -216,7 +216,7 @@ def test_a_file_without_head_needs_include_top_false(tmp_path):
 def test_the_model_keeps_its_weights_settings_through_a_keras_file(tmp_path):
     import keras
 
-    from keras_coatnet.weights.resolve import ResolvedWeights
+    from keras_coatnet.weights.resolver import ResolvedWeights
 
     model = tiny_model()
     path = tmp_path / "tiny.weights.h5"

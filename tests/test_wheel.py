@@ -127,6 +127,11 @@ def test_help_and_models_start_without_a_framework(installed):
 
 def test_every_subcommand_has_help(installed):
     out = ok(run(installed, "--help"))
+    python, _, work = installed
+    module = subprocess.run(
+        [python, "-m", "keras_coatnet", "--help"], capture_output=True, text=True, cwd=work
+    )
+    assert module.returncode == 0 and module.stdout == out  # python -m keras_coatnet = coatnet
     for name in SUBCOMMANDS:
         assert re.search(rf"^\s+{name}\s", out, re.M), name
         assert ok(run(installed, name, "--help")).startswith(f"usage: coatnet {name}")

@@ -22,7 +22,7 @@ from keras_coatnet.weights.registry import (
     list_weights,
     models_with_weights,
 )
-from keras_coatnet.weights.resolve import ResolvedWeights, resolve
+from keras_coatnet.weights.resolver import ResolvedWeights, resolve
 
 __all__ = [
     "CONVERTER_VERSION",
