@@ -1,7 +1,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run variants test test-slow lint
+.PHONY: setup run variants test test-keras-floor test-slow lint
 
 # One-time set-up: a virtual environment with the package and its test extras.
 setup: $(VENV)/.installed
@@ -35,6 +35,27 @@ test: lint
 		tests/test_fast_paths.py tests/test_model.py -k "not parameter_count and not macs and not 384 and not 224"
 	KERAS_BACKEND=jax $(PY) -m pytest -q tests/test_timm.py \
 		-k "converted_model_matches_timm and (coatnet_0_rw_224 or coatnet_rmlp_1_rw_224)"
+	$(MAKE) --no-print-directory test-keras-floor
+
+# The oldest Keras pyproject.toml allows (keep the two equal; a test checks), on
+# TensorFlow: the private APIs of _keras_compat, the layers, saving and loading,
+# seeded augmentation. Installed without dependencies into its own folder, put
+# ahead of .venv's Keras by PYTHONPATH; everything else comes from .venv.
+KERAS_FLOOR := 3.11.0
+KERAS_FLOOR_DIR := .venv-keras-floor
+
+$(KERAS_FLOOR_DIR)/.keras-$(KERAS_FLOOR): $(VENV)/.installed
+	rm -rf $(KERAS_FLOOR_DIR)
+	$(PY) -m pip install -q --no-deps --target $(KERAS_FLOOR_DIR) keras==$(KERAS_FLOOR)
+	touch $@
+
+test-keras-floor: setup $(KERAS_FLOOR_DIR)/.keras-$(KERAS_FLOOR)
+	PYTHONPATH=$(KERAS_FLOOR_DIR) $(PY) -c \
+		"import keras; assert keras.__version__ == '$(KERAS_FLOOR)', keras.__version__"
+	PYTHONPATH=$(KERAS_FLOOR_DIR) $(PYTEST) tests/test_keras_compat.py tests/test_layers.py \
+		tests/test_model.py tests/test_training.py -k "test_keras_compat or test_layers or \
+		round_trip or rejected or resized_tables or model_saves_and_reloads or \
+		augmented_epochs_replay or fine_tuning_start"
 
 # CoAtNet-6/7 builds (billions of parameters, ~2 min, 6 GiB).
 test-slow: setup

@@ -108,3 +108,10 @@ def test_cutmix_augmenter_runs():
     assert out_images.shape == images.shape
     np.testing.assert_allclose(np.sum(out_labels, axis=-1), 1.0, rtol=1e-5)
     assert not np.array_equal(np.asarray(out_labels), labels)  # labels were mixed
+
+
+def test_the_keras_floor_ci_tests_is_the_one_pyproject_allows():
+    root = PACKAGE.parent
+    makefile = re.search(r"^KERAS_FLOOR := (\S+)$", (root / "Makefile").read_text(), re.M)
+    pyproject = re.search(r'"keras>=([^,"]+),<4"', (root / "pyproject.toml").read_text())
+    assert makefile and pyproject and makefile.group(1) == pyproject.group(1)
