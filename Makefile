@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # One-time set-up: a virtual environment with the package and its test extras.
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e ".[test,train,timm,serving,plot]"
