@@ -84,8 +84,10 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(rest + lead)
         if args.framework:
-            from keras_coatnet.cli._common import import_framework
+            from keras_coatnet.cli._common import config, import_framework
 
+            if getattr(args, "model", None) is not None:
+                config(args.model)  # an unknown name is reported before the framework starts
             import_framework(args.verbose)
         return int(args.run(args) or 0)
     except (Exception, KeyboardInterrupt) as error:
