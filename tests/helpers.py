@@ -20,6 +20,20 @@ TINY = kc.CONFIGS["coatnet-0"].replace(
     head_size=16,
 )
 
+# Every `coatnet` subcommand, as the README lists them.
+SUBCOMMANDS = (
+    "models",
+    "summary",
+    "train",
+    "evaluate",
+    "predict",
+    "export",
+    "convert",
+    "bench",
+    "plot-bias",
+    "plot-history",
+)
+
 
 def images(shape=(2, 64, 64, 3), seed=0):
     """Random pixels in [0, 255]."""

@@ -17,6 +17,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import SUBCOMMANDS
 
 import keras_coatnet as kc
 from keras_coatnet import counts, plots
@@ -25,18 +26,6 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 # The command turns the frameworks' logging down itself: no TF_CPP_MIN_LOG_LEVEL here, and
 # stderr is checked whole (TensorFlow's C++ start-up lines would show).
 ENV = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-SUBCOMMANDS = (
-    "models",
-    "summary",
-    "train",
-    "evaluate",
-    "predict",
-    "export",
-    "convert",
-    "bench",
-    "plot-bias",
-    "plot-history",
-)
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 needs_matplotlib = pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="the plot extra")
 

@@ -17,22 +17,11 @@ import sysconfig
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import SUBCOMMANDS
 
 from keras_coatnet._timm import import_timm
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
-SUBCOMMANDS = (
-    "models",
-    "summary",
-    "train",
-    "evaluate",
-    "predict",
-    "export",
-    "convert",
-    "bench",
-    "plot-bias",
-    "plot-history",
-)
 FRAMEWORKS = ("tensorflow", "keras", "jax", "torch")
 
 
