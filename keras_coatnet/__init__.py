@@ -4,11 +4,11 @@ import keras_coatnet
 model = keras_coatnet.CoAtNet1(weights=None, input_shape=(384, 384, 3))
 
 `import keras_coatnet` imports Keras and registers every layer, so a saved
-`.keras` file loads right after it. The one exception is the `coatnet`
-command starting up (`coatnet ...` or `python -m keras_coatnet ...`): its
-`--help`, `models` and argument errors must not wait for TensorFlow, so the
-package then resolves its names on first use (PEP 562), and each command
-imports what it needs.
+`.keras` file loads right after it. The one exception is the package's own
+programs starting up (`coatnet ...`, `python -m keras_coatnet ...`, the
+benchmark's workers): `coatnet --help`, `models` and argument errors must not
+wait for TensorFlow, so the package then resolves its names on first use
+(PEP 562), and each command imports what it needs.
 """
 
 import importlib
@@ -67,17 +67,20 @@ def __dir__():
 
 
 def _command_line_starting() -> bool:
-    """Whether this process is the `coatnet` command, importing its own package.
+    """Whether this process is one of the package's own programs, importing it.
 
     The console script runs with `sys.argv[0]` naming it (`.../bin/coatnet`,
-    `coatnet.exe`, `coatnet-script.py`); `python -m keras_coatnet` shows in
+    `coatnet.exe`, `coatnet-script.py`); `python -m keras_coatnet` (the same
+    command) and `python -m keras_coatnet.bench.workers` (the benchmark's
+    child processes, which must time timm without TensorFlow) show in
     `sys.orig_argv`.
     """
     script = os.path.splitext(os.path.basename(sys.argv[0]))[0] if sys.argv else ""
     if script in ("coatnet", "coatnet-script"):
         return True
     argv = list(getattr(sys, "orig_argv", ()))
-    return "-m" in argv and argv[argv.index("-m") + 1 :][:1] in (["keras_coatnet"],)
+    module = argv[argv.index("-m") + 1 :][:1] if "-m" in argv else []
+    return module in (["keras_coatnet"], ["keras_coatnet.bench.workers"])
 
 
 if not _command_line_starting():

@@ -217,7 +217,8 @@ def test_ticker_draws_on_its_stream_and_log_lines_erase_it(capsys):
 
 def test_worker_command_line(capsys):
     assert workers.main(["nope", "{}"]) == 2
-    assert "usage: workers.py {timm,export} CONFIG_JSON" in capsys.readouterr().err
+    usage = "usage: python -m keras_coatnet.bench.workers {timm,export} CONFIG_JSON"
+    assert usage in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- processes

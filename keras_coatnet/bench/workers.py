@@ -1,16 +1,15 @@
 """The benchmark's child processes: timm timed alone, and the SavedModel export.
 
-    python .../keras_coatnet/bench/workers.py KIND CONFIG_JSON
+    python -m keras_coatnet.bench.workers KIND CONFIG_JSON
 
 prints one JSON line (the last line of stdout). `run(kind, config)` starts
 one from the benchmark and reads it back.
 
 - `timm`: timm timed in a process that imports torch and timm only, the
-  reference without TensorFlow's thread pools and allocator around it. The
-  file is run by its path, not with `-m`: importing the `keras_coatnet`
-  package imports Keras and with it TensorFlow. So this module imports the
-  standard library only, and the worker loads `keras_coatnet/_timm.py` by
-  itself (torch and timm come through its `import_timm`).
+  reference without TensorFlow's thread pools and allocator around it. Run
+  as `python -m keras_coatnet.bench.workers`, the package binds its names
+  lazily (as for the `coatnet` command), so importing this module and
+  `keras_coatnet._timm` imports no framework.
 - `export`: exporting traces the model again and keeps several GiB of graphs
   alive in the process (about 7 GiB for CoAtNet-1 at 384): the child writes
   the SavedModel from the same timm weights and exits; the benchmark only
@@ -19,7 +18,6 @@ one from the benchmark and reads it back.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -27,24 +25,13 @@ import sys
 import time
 import warnings
 
-PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _import_timm():
-    """`keras_coatnet._timm.import_timm()`, without importing the keras_coatnet package."""
-    module = sys.modules.get("keras_coatnet._timm")
-    if module is None:
-        path = os.path.join(PACKAGE_ROOT, "keras_coatnet", "_timm.py")
-        spec = importlib.util.spec_from_file_location("_keras_coatnet_timm", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return module.import_timm()
-
 
 def timm_alone(cfg: dict) -> dict:
     """Time timm (inference or one AdamW step) in this process; `{"first_s", "times_s", ...}`."""
+    from keras_coatnet._timm import import_timm
+
     warnings.filterwarnings("ignore")
-    torch, timm = _import_timm()
+    torch, timm = import_timm()
     torch.set_num_threads(cfg["threads"])
     timm.layers.set_fused_attn(True)
     kwargs = {} if cfg["size"] == 224 else {"img_size": cfg["size"]}
@@ -109,12 +96,13 @@ def export_savedmodel(cfg: dict) -> dict:
 
 
 WORKERS = {"timm": timm_alone, "export": export_savedmodel}
+MODULE = "keras_coatnet.bench.workers"
 
 
 def run(kind: str, cfg: dict):
     """`(result, None)` of worker `kind` in a child process, or `(None, its stderr)`."""
     result = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), kind, json.dumps(cfg)],
+        [sys.executable, "-m", MODULE, kind, json.dumps(cfg)],
         capture_output=True,
         text=True,
         check=False,
@@ -128,17 +116,8 @@ def run(kind: str, cfg: dict):
 
 
 def main(argv) -> int:
-    # Run by path, this folder leads sys.path: modules named like ours
-    # (timing, training, ...) must not shadow those of torch or TensorFlow.
-    here = os.path.dirname(os.path.abspath(__file__))
-    if sys.path and os.path.abspath(sys.path[0] or ".") == here:
-        del sys.path[0]
-    # The export imports keras_coatnet: the one this file belongs to (an
-    # editable install's folder is not on the path by itself).
-    if PACKAGE_ROOT not in map(os.path.abspath, sys.path):
-        sys.path.insert(0, PACKAGE_ROOT)
     if len(argv) != 2 or argv[0] not in WORKERS:
-        print(f"usage: workers.py {{{','.join(WORKERS)}}} CONFIG_JSON", file=sys.stderr)
+        print(f"usage: python -m {MODULE} {{{','.join(WORKERS)}}} CONFIG_JSON", file=sys.stderr)
         return 2
     result = WORKERS[argv[0]](json.loads(argv[1]))
     print(json.dumps(result), flush=True)
