@@ -162,3 +162,21 @@ def initialize_jax_rng() -> None:
     from keras.src.backend.jax import distribution_lib
 
     distribution_lib.initialize_rng()
+
+
+def discard_uninitialized(variables) -> None:
+    """Forget `variables` created without values in a `keras.StatelessScope`.
+
+    Missing public API: `keras.StatelessScope(initialize_variables=False)`
+    creates variables without allocating them (what the sharding code needs
+    to read a giant model's variable shapes), but keeps them in a private
+    global list and allocates them all when the next outermost stateless
+    scope exits (Keras opens one for every symbolic call). Nothing public
+    removes them from that list.
+    """
+    from keras.src.backend.common import global_state
+
+    pending = global_state.get_global_attribute("uninitialized_variables")
+    if pending:
+        drop = {id(v) for v in variables}
+        pending[:] = [v for v in pending if id(v) not in drop]
