@@ -23,6 +23,13 @@ def first_line(error) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def at_least(flag: str, value, low=1):
+    """`value`, or a ValueError naming the flag: `FLAG must be at least LOW, received: VALUE`."""
+    if value < low:
+        raise ValueError(f"{flag} must be at least {low}, received: {value}")
+    return value
+
+
 def exit_status(error: BaseException) -> int:
     if isinstance(error, KeyboardInterrupt):
         return INTERRUPTED

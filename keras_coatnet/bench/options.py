@@ -9,6 +9,8 @@ import dataclasses
 import difflib
 import os
 
+from keras_coatnet._errors import at_least
+
 DEFAULT_MODELS = ("coatnet_0_224:224", "coatnet_1_224:224", "coatnet_1_224:384")
 QUICK_MODELS = ("coatnet_0_224:224",)
 TRAIN_MODEL = "coatnet_0_224:224"
@@ -93,13 +95,14 @@ def resolve(args, names=None) -> Options:
         ("--inter-threads", args.inter_threads, 0),
         ("--retries", args.retries, 0),
     ):
-        if value is not None and value < low:
-            raise ValueError(f"{flag} must be at least {low}, received: {value}")
-    for flag, value in (("--budget", args.budget), ("--wait-idle", args.wait_idle)):
-        if value < 0:
-            raise ValueError(f"{flag} must be at least 0, received: {value}")
-    if args.busy < 0:
-        raise ValueError(f"--busy must be at least 0, received: {args.busy}")
+        if value is not None:
+            at_least(flag, value, low)
+    for flag, value in (
+        ("--budget", args.budget),
+        ("--wait-idle", args.wait_idle),
+        ("--busy", args.busy),
+    ):
+        at_least(flag, value, 0)
     if args.no_train and args.no_inference:
         raise ValueError("--no-train and --no-inference leave nothing to measure")
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):

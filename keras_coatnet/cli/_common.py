@@ -133,12 +133,6 @@ def image_size(size, config) -> int:
     return size
 
 
-def at_least(flag: str, value: int, low: int = 1) -> int:
-    if value < low:
-        raise CLIError(f"{flag} must be at least {low}, received: {value}")
-    return value
-
-
 # ----------------------------------------------------------------------------- output
 
 

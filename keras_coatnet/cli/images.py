@@ -12,14 +12,13 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from keras_coatnet._errors import first_line
+from keras_coatnet._errors import at_least, first_line
 from keras_coatnet.cli._common import (
     IMAGE_EXTENSIONS,
     PROG,
     CLIError,
     Progress,
     add_command,
-    at_least,
     config,
     image_size,
     interactive,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import fnmatch
 import math
 
+from keras_coatnet._errors import at_least
 from keras_coatnet.cli._common import (
     MAC_UNITS,
     PROG,
     CLIError,
     add_command,
-    at_least,
     config,
     human,
     image_size,

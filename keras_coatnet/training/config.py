@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 
+from keras_coatnet._errors import at_least
 from keras_coatnet.configs import CONFIGS, get_config
 
 # --mixed-precision -> the Keras dtype policy.
@@ -209,8 +210,7 @@ def _check_int(name, value, low, high):
         return
     if not isinstance(value, numbers.Integral) or isinstance(value, bool):
         raise ValueError(f"{flag(name)} must be an integer, received: {value!r}")
-    if value < low:
-        raise ValueError(f"{flag(name)} must be at least {low}, received: {value}")
+    at_least(flag(name), value, low)
     if high is not None and value > high:
         raise ValueError(f"{flag(name)} must be at most {high}, received: {value}")
 
