@@ -84,6 +84,6 @@ def _command_line_starting() -> bool:
 
 
 if not _command_line_starting():
-    for _name in (*_API, "layers", "convert", "preprocessing", "weights"):
+    for _name in (*_API, *_SUBMODULES):
         __getattr__(_name)  # every layer registered, every name bound now
     del _name

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from keras_coatnet.cli._common import PROG, add_command
 from keras_coatnet.preprocessing import CROP_MODES, INTERPOLATIONS
-
-OUTPUTS = ("probabilities", "logits")  # as keras_coatnet.serving.OUTPUTS, without importing it
+from keras_coatnet.serving import OUTPUTS
 
 
 def register(subparsers, parents) -> None:

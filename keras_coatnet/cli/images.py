@@ -284,7 +284,6 @@ def run_predict(args):
 
     at_least("--batch-size", args.batch_size)
     at_least("--top", args.top)
-    config(args.model)  # an unknown name is reported before any file is looked at
     files = _inputs(args.images)
     cfg, size, classes, model = trained_model(args)
     settings = _eval_settings(model, args.crop_pct)

@@ -188,12 +188,11 @@ def run_summary(args):
     counted = profile(model)
     groups = {}
     for layer in model.layers:
-        group = groups.setdefault(
-            _group(layer.name), {"params": 0, "macs": 0, "blocks": 0, "shape": None}
-        )
+        name = _group(layer.name)
+        group = groups.setdefault(name, {"params": 0, "macs": 0, "blocks": 0, "shape": None})
         group["params"] += sum(math.prod(w.shape) for w in layer.trainable_weights)
         group["shape"] = layer.output.shape
-        group["blocks"] += _group(layer.name).startswith("stage")
+        group["blocks"] += name.startswith("stage")
     for path, macs in counted.per_layer.items():
         groups[_group(path.split("/")[1])]["macs"] += macs
     kinds = {"input": "rescale", "stem": f"{cfg.stem_depth}x conv 3x3", "head": "classifier"}

@@ -36,10 +36,7 @@ from keras_coatnet.layers import RelativeAttention
 from keras_coatnet.naming import HEAD_LAYER
 from keras_coatnet.preprocessing import EvalSettings, eval_transform
 from keras_coatnet.preprocessing import eval_settings as model_eval_settings
-
-OUTPUTS = ("probabilities", "logits")
-SIGNATURE_IMAGES = "serving_default"
-SIGNATURE_BYTES = "serving_bytes"
+from keras_coatnet.serving import OUTPUTS, SIGNATURE_BYTES, SIGNATURE_IMAGES
 
 
 @contextlib.contextmanager
