@@ -15,18 +15,8 @@ from keras_coatnet.bench import workers
 from keras_coatnet.bench.options import VARIANTS
 from keras_coatnet.bench.report import add_rows
 from keras_coatnet.bench.timing import log, quiet_block, timed_rounds
+from keras_coatnet.bench.workers import timm_model
 from keras_coatnet.convert import from_timm
-
-
-def timm_model(name: str, size: int):
-    """The timm model in eval mode, drop path 0, with its fused attention checked on."""
-    _, timm = import_timm()
-    kwargs = {} if size == 224 else {"img_size": size}
-    model = timm.create_model(name, drop_path_rate=0.0, **kwargs).eval()
-    attn = model.stages[2].blocks[0].attn
-    if not getattr(attn, "fused_attn", False):
-        raise RuntimeError(f"{name}: timm fused attention is off ({type(attn).__name__})")
-    return model
 
 
 def normalized_inputs(timm_net, batch: int, size: int, seed: int = 0):

@@ -8,10 +8,11 @@ import tensorflow as tf
 
 from keras_coatnet import profile
 from keras_coatnet._timm import import_timm
-from keras_coatnet.bench.inference import normalized_inputs, timm_model, timm_own_process
+from keras_coatnet.bench.inference import normalized_inputs, timm_own_process
 from keras_coatnet.bench.options import TRAIN_VARIANTS
 from keras_coatnet.bench.report import add_rows
 from keras_coatnet.bench.timing import log, quiet_block, timed_rounds
+from keras_coatnet.bench.workers import timm_model
 from keras_coatnet.convert import from_timm
 
 

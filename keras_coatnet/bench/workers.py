@@ -26,6 +26,19 @@ import time
 import warnings
 
 
+def timm_model(name: str, size: int):
+    """The timm model in eval mode, drop path 0, with its fused attention checked on."""
+    from keras_coatnet._timm import import_timm
+
+    _, timm = import_timm()
+    kwargs = {} if size == 224 else {"img_size": size}
+    model = timm.create_model(name, drop_path_rate=0.0, **kwargs).eval()
+    attn = model.stages[2].blocks[0].attn
+    if not getattr(attn, "fused_attn", False):
+        raise RuntimeError(f"{name}: timm fused attention is off ({type(attn).__name__})")
+    return model
+
+
 def timm_alone(cfg: dict) -> dict:
     """Time timm (inference or one AdamW step) in this process; `{"first_s", "times_s", ...}`."""
     from keras_coatnet._timm import import_timm
@@ -34,10 +47,7 @@ def timm_alone(cfg: dict) -> dict:
     torch, timm = import_timm()
     torch.set_num_threads(cfg["threads"])
     timm.layers.set_fused_attn(True)
-    kwargs = {} if cfg["size"] == 224 else {"img_size": cfg["size"]}
-    net = timm.create_model(cfg["name"], drop_path_rate=0.0, **kwargs)
-    if not getattr(net.stages[2].blocks[0].attn, "fused_attn", False):
-        raise RuntimeError(f"{cfg['name']}: timm fused attention is off")
+    net = timm_model(cfg["name"], cfg["size"])
     x = torch.randn(cfg["batch"], 3, cfg["size"], cfg["size"])
     if cfg["train"]:
         net.train()

@@ -30,6 +30,7 @@ pair, then to replication.
 
 from __future__ import annotations
 
+import math
 import re
 
 import keras
@@ -88,10 +89,7 @@ def _roles(model) -> dict[int, str]:
 
 def _split(shape, dims, size, min_size, model_axis):
     """Axes splitting the first of `dims` that `size` divides, or `None`."""
-    elements = 1
-    for d in shape:
-        elements *= d
-    if elements < min_size:
+    if math.prod(shape) < min_size:
         return None
     for dim in dims:
         if shape[dim] % size == 0:
