@@ -13,6 +13,8 @@ from dataclasses import dataclass
 BLOCK_TYPES = ("mbconv", "transformer")
 PADDINGS = ("symmetric", "same")
 POOL_TYPES = ("avg", "max", "max3")
+# Every CoAtNet halves its input five times (`CoAtNetConfig.reduction`).
+SIZE_STEP = 32
 CHOICES = {
     "conv_activation": ("gelu", "silu"),
     "se_activation": ("silu", "relu"),
@@ -25,6 +27,13 @@ CHOICES = {
     "padding": PADDINGS,
     "pool_type": POOL_TYPES,
 }
+
+
+def check_image_size(size: int, flag: str = "--image-size") -> int:
+    """`size`, or a ValueError naming `flag`: inputs are positive multiples of 32."""
+    if size < SIZE_STEP or size % SIZE_STEP:
+        raise ValueError(f"{flag} must be a positive multiple of 32, received: {size}")
+    return size
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ import sys
 import tempfile
 import time
 
+from keras_coatnet.coatnet_config import check_image_size
+
 PROG = "coatnet"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
 MAC_UNITS = ("", "K", "M", "G", "T")
@@ -128,9 +130,7 @@ def config(name: str):
 def image_size(size, config) -> int:
     if size is None:
         return config.default_size
-    if size < 32 or size % 32:
-        raise CLIError(f"--image-size must be a positive multiple of 32, received: {size}")
-    return size
+    return check_image_size(size)
 
 
 # ----------------------------------------------------------------------------- output

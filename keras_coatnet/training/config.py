@@ -10,6 +10,7 @@ import dataclasses
 import numbers
 
 from keras_coatnet._errors import at_least
+from keras_coatnet.coatnet_config import check_image_size
 from keras_coatnet.configs import CONFIGS, get_config
 
 # --mixed-precision -> the Keras dtype policy.
@@ -175,10 +176,8 @@ class RunConfig:
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name == "cutmix")):
                 raise ValueError(f"{flag(name)} must be True or False, received: {value!r}")
-        if self.image_size is not None and self.image_size % 32:
-            raise ValueError(
-                f"--image-size must be a positive multiple of 32, received: {self.image_size}"
-            )
+        if self.image_size is not None:
+            check_image_size(self.image_size)
         if self.dataset is None and (self.data_dir or self.manual_dir):
             raise ValueError("--data-dir and --manual-dir need --dataset")
         if not self.output_dir:
