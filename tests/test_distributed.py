@@ -169,6 +169,14 @@ def test_two_processes_train_like_one(tmp_path, digits_root, initial_weights, on
     assert (out / "best.keras").exists() and (out / "process_1" / "best.keras").exists()
 
 
+def _complete_json(path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def test_a_killed_process_stops_the_other_and_both_resume(
     tmp_path, digits_root, initial_weights, one_process_run
 ):
@@ -177,7 +185,9 @@ def test_a_killed_process_stops_the_other_and_both_resume(
     procs = _start_pair(command, _free_port())
     backup = out / "process_1" / "backup" / "training_metadata.json"
     try:
-        while not backup.exists() and procs[1].poll() is None:
+        # Kill once the first backup is complete: the file appears before Keras has
+        # written its JSON, and a kill in between leaves it empty.
+        while not _complete_json(backup) and procs[1].poll() is None:
             time.sleep(0.1)
         assert procs[1].poll() is None, procs[1].communicate()[1][-3000:]
         procs[1].send_signal(signal.SIGKILL)
