@@ -138,3 +138,33 @@ def test_training_updates_the_table_and_inference_follows(tmp_path):
     ]
     assert all(changed)
     _check_fresh(model, tmp_path, x)
+
+
+def test_count_params_is_learned_weights_plus_batchnorm_statistics():
+    model = tiny_model()
+    learned = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    batchnorms = [
+        layer
+        for layer in kc._keras_compat.walk_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    statistics = sum(2 * int(layer.moving_mean.shape[0]) for layer in batchnorms)
+    assert batchnorms and model.count_params() == learned + statistics
+    cache = {id(layer.bias_cache) for layer in _attention_layers(model)}
+    # Still carried by compiled steps, but not a weight.
+    assert cache <= {id(v) for v in model.variables}
+    assert not cache & {id(w) for w in model.weights}
+    assert len(model.get_weights()) == len(model.weights)
+
+
+@pytest.mark.parametrize("cache_bias", [True, False])
+def test_serving_bias_is_the_fresh_bias(cache_bias):
+    model = tiny_model(cache_bias=cache_bias)
+    randomize(model)
+    for attn in _attention_layers(model):
+        variable = attn.serving_bias()
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(variable), keras.ops.convert_to_numpy(attn.relative_bias())
+        )
+        # The cache is reused, not copied; a layer without one gets a new variable.
+        assert (variable is getattr(attn, "bias_cache", None)) == cache_bias

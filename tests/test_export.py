@@ -215,6 +215,30 @@ def test_logits_export_and_frozen_state_is_restored(tmp_path):
     assert attention and all(layer.frozen_bias is None for layer in attention)
 
 
+def _bytes_under(path):
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, files in os.walk(path) for f in files)
+
+
+@pytest.mark.parametrize("cache_bias", [True, False])
+def test_the_saved_model_holds_the_weights_and_one_copy_of_the_biases(tmp_path, cache_bias):
+    import tensorflow as tf
+
+    # 384 px: the S3 maps are 24x24, so the biases are 15x the weights and the
+    # graph (0.7 MB) is small beside them. The old export (constants in each
+    # signature, the cache, the weights twice) wrote 2.7x this bound.
+    model = tiny_model(input_shape=(384, 384, 3), cache_bias=cache_bias)
+    randomize(model)
+    attention = [layer for layer in walk_layers(model) if hasattr(layer, "frozen_bias")]
+    bias = sum(4 * layer.num_heads * (layer.height * layer.width) ** 2 for layer in attention)
+    weights = 4 * model.count_params()
+    assert bias > 10 * weights
+    target = kc.export(model, tmp_path / "big")
+    assert _bytes_under(target) < 1.1 * (weights + bias)
+    x = images((2, 384, 384, 3))
+    out = tf.saved_model.load(target).signatures["serving_default"](images=tf.constant(x))
+    np.testing.assert_allclose(out["probabilities"].numpy(), model.predict(x, verbose=0), atol=1e-6)
+
+
 def test_client_example_builds_real_requests(tmp_path):
     pytest.importorskip("tensorflow_serving")
     import base64

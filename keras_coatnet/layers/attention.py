@@ -70,6 +70,14 @@ class RelativeAttention(keras.layers.Layer):
     mode); the cache works the same way, comparing the MLP's current output
     with the copy.
 
+    The cache is state, not a weight: it is in `variables` (compiled steps
+    carry it) but not in `weights`, so `count_params()`, `summary()`,
+    `get_weights()` and saved weights hold only the table.
+
+    Exports read the bias as data: `serving_bias()` returns a variable that
+    holds it, and while `frozen_bias` is set (by `keras_coatnet.export`)
+    inference reads that variable, with no gather and no refresh in the graph.
+
     The logits, bias and softmax are computed in float32 under mixed
     precision.
 
@@ -111,7 +119,8 @@ class RelativeAttention(keras.layers.Layer):
         self.mlp_dim = mlp_dim
         self.cache_bias = cache_bias
         self.num_heads = filters // head_size
-        # Set (a NumPy bias) only while `keras_coatnet.export` traces the model.
+        # Set only while an export traces the model: a function returning the
+        # bias read from a variable (a function, so Keras does not track it).
         self.frozen_bias = None
         dt = self.dtype_policy
         # q, k, v in one projection, head-major: channel = head*3*d + {q,k,v}*d + i
@@ -171,6 +180,27 @@ class RelativeAttention(keras.layers.Layer):
                 name="cached_table",
                 aggregation="only_first_replica",
             )
+
+    @property
+    def weights(self):
+        # The cache and its table copy are derived from the weights (see the
+        # class docstring); `Layer.variables` still lists them.
+        derived = {id(getattr(self, name, None)) for name in ("bias_cache", "cached_table")}
+        return [w for w in super().weights if id(w) not in derived]
+
+    def serving_bias(self):
+        """A variable holding the current `(heads, HW, HW)` float32 bias, for export.
+
+        The cache, refreshed now, when the layer has one (no second copy in
+        memory); else a new variable that no layer tracks.
+        """
+        table = self.table()
+        bias = self.relative_bias(table)
+        if not self.cache_bias:
+            return keras.Variable(bias, trainable=False, name=f"{self.name}_bias")
+        self.bias_cache.assign(bias)
+        self.cached_table.assign(ops.copy(table))
+        return self.bias_cache
 
     def table(self):
         """The live `((2H-1)(2W-1), heads)` float32 table of w[i-j]."""
@@ -232,8 +262,8 @@ class RelativeAttention(keras.layers.Layer):
         # (B, heads, N, N), in float32 for the softmax
         logits = ops.cast(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))), "float32")
         if self.frozen_bias is not None and not training:
-            # Export: the bias is a constant of the traced graph.
-            bias = ops.convert_to_tensor(self.frozen_bias)
+            # Export: the bias is read from a variable, stored once.
+            bias = self.frozen_bias()
         elif self.cache_bias and not training:
             bias = self._inference_bias()
         else:

@@ -15,41 +15,28 @@ Signatures (names are the serving API):
   of the model's weights (timm's `crop_pct`, crop mode and interpolation),
   with TensorFlow's bicubic/bilinear kernels instead of PIL's.
 
-The relative attention biases are gathered once at export and enter the
-serving graph as constants: the exported graph has no gather and no variable
-update, so concurrent requests share nothing mutable. Only TensorFlow can
+The relative attention biases are gathered once at export and stored once,
+as variables that both signatures read (`serving.frozen`): the exported
+graph has no gather and no variable update, so concurrent requests share
+nothing mutable, and the SavedModel is about the size of the weights plus
+one copy of the biases. Only TensorFlow can
 write SavedModels; a model built on another backend is exported after
 moving its weights into a TensorFlow-backend process.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import uuid
 
 import keras
 
-from keras_coatnet._keras_compat import walk_layers
-from keras_coatnet.layers import RelativeAttention
 from keras_coatnet.naming import HEAD_LAYER
 from keras_coatnet.preprocessing import EvalSettings, eval_transform
 from keras_coatnet.preprocessing import eval_settings as model_eval_settings
 from keras_coatnet.serving import OUTPUTS, SIGNATURE_BYTES, SIGNATURE_IMAGES
-
-
-@contextlib.contextmanager
-def frozen_biases(model):
-    """Within the block, every attention layer uses its bias as a constant."""
-    layers = [layer for layer in walk_layers(model) if isinstance(layer, RelativeAttention)]
-    try:
-        for layer in layers:
-            layer.frozen_bias = keras.ops.convert_to_numpy(layer.relative_bias()).astype("float32")
-        yield layers
-    finally:
-        for layer in layers:
-            layer.frozen_bias = None
+from keras_coatnet.serving.frozen import frozen_biases
 
 
 def _head_activation(model):
@@ -205,8 +192,10 @@ def export(
         )
         return predict(images)
 
+    # Not `archive.track(model)`: it adds Keras's variable wrappers beside the
+    # tf.Variables the endpoints capture, and both are written (every weight
+    # twice). The variables the endpoints read are tracked on their own.
     archive = keras.export.ExportArchive()
-    archive.track(model)
     # Tracing happens as late as write_out: keep the biases frozen until then.
     with frozen_biases(model):
         archive.add_endpoint(
