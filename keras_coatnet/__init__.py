@@ -71,8 +71,10 @@ def _command_line_starting() -> bool:
 
     The console script runs with `sys.argv[0]` naming it (`.../bin/coatnet`,
     `coatnet.exe`, `coatnet-script.py`); `python -m keras_coatnet` (the same
-    command) and `python -m keras_coatnet.bench.workers` (the benchmark's
-    child processes, which must time timm without TensorFlow) show in
+    command), `python -m keras_coatnet.bench.workers` (the benchmark's
+    child processes, which must time timm without TensorFlow) and the CPU
+    serving benchmark's `keras_coatnet.bench.serving` and `.serving_workers`
+    (each runtime timed in a process without the others) show in
     `sys.orig_argv`.
     """
     script = os.path.splitext(os.path.basename(sys.argv[0]))[0] if sys.argv else ""
@@ -80,7 +82,12 @@ def _command_line_starting() -> bool:
         return True
     argv = list(getattr(sys, "orig_argv", ()))
     module = argv[argv.index("-m") + 1 :][:1] if "-m" in argv else []
-    return module in (["keras_coatnet"], ["keras_coatnet.bench.workers"])
+    return module in (
+        ["keras_coatnet"],
+        ["keras_coatnet.bench.workers"],
+        ["keras_coatnet.bench.serving"],
+        ["keras_coatnet.bench.serving_workers"],
+    )
 
 
 if not _command_line_starting():
