@@ -1,4 +1,4 @@
-"""The train command on JAX: data parallelism over two processes on this host, failure, resume.
+"""The train command on JAX: data and model parallelism over two processes, failure, resume.
 
 Every run is a subprocess with KERAS_BACKEND set, so these tests run under
 either backend's pytest. Two real processes join through JAX's distributed
@@ -85,13 +85,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _start_pair(command, port):
-    """Two processes of one data-parallel run."""
-    flags = ["--distribution", "data-parallel", "--coordinator-address", f"127.0.0.1:{port}"]
+def _start_pair(command, port, distribution=("--distribution", "data-parallel"), env=None):
+    """Two processes of one run (data-parallel unless `distribution` says otherwise)."""
+    flags = [*distribution, "--coordinator-address", f"127.0.0.1:{port}"]
     return [
         subprocess.Popen(
             [*command, *flags, "--num-processes", "2", "--process-id", str(i)],
-            env=_env("jax"),
+            env=env or _env("jax"),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -177,12 +177,8 @@ def _complete_json(path) -> bool:
     return True
 
 
-def test_a_killed_process_stops_the_other_and_both_resume(
-    tmp_path, digits_root, initial_weights, one_process_run
-):
-    out = tmp_path / "run"
-    command = _command(digits_root, initial_weights, out)
-    procs = _start_pair(command, _free_port())
+def _kill_the_second(procs, out):
+    """SIGKILL process 1 after its first backup; the first's stderr and seconds to exit."""
     backup = out / "process_1" / "backup" / "training_metadata.json"
     try:
         # Kill once the first backup is complete: the file appears before Keras has
@@ -198,6 +194,16 @@ def test_a_killed_process_stops_the_other_and_both_resume(
         for proc in procs:
             proc.kill()
             proc.communicate()  # closes the pipes
+    return err, waited
+
+
+def test_a_killed_process_stops_the_other_and_both_resume(
+    tmp_path, digits_root, initial_weights, one_process_run
+):
+    out = tmp_path / "run"
+    command = _command(digits_root, initial_weights, out)
+    procs = _start_pair(command, _free_port())
+    err, waited = _kill_the_second(procs, out)
     assert procs[0].returncode == 1, err[-3000:]
     assert "coatnet train: error: lost contact with the other processes" in err, err[-3000:]
     assert waited < 120
@@ -217,6 +223,103 @@ def test_a_killed_process_stops_the_other_and_both_resume(
     # global batches; the tolerance of the two-process test).
     diff = _max_diff(out / "final.weights.h5", one_process_run / "final.weights.h5")
     assert diff <= 1e-5, diff
+
+
+# Model parallelism (issue 15): each process splits the weights over its 4
+# virtual devices (mesh 2 x 4: the batch axis across the processes).
+MODEL_PARALLEL = ("--distribution", "model-parallel", "--model-axis", "4")
+
+
+def _env_devices(count):
+    return {
+        **_env("jax"),
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
+        "JAX_PLATFORMS": "cpu",
+    }
+
+
+@pytest.fixture(scope="module")
+def model_parallel_pair(tmp_path_factory, digits_root, initial_weights):
+    """A two-process model-parallel run, process 1 killed after epoch 1, both resumed."""
+    out = tmp_path_factory.mktemp("model_parallel")
+    command = _command(digits_root, initial_weights, out)
+    env = _env_devices(4)
+    procs = _start_pair(command, _free_port(), MODEL_PARALLEL, env)
+    err, _ = _kill_the_second(procs, out)
+    assert procs[0].returncode == 1, err[-3000:]
+    epoch = json.loads((out / "backup" / "training_metadata.json").read_text())["epoch"]
+    return out, epoch, _finish(_start_pair(command, _free_port(), MODEL_PARALLEL, env))
+
+
+def test_model_parallel_processes_resume_and_train_like_one(model_parallel_pair, one_process_run):
+    out, epoch, logs = model_parallel_pair
+    for log in logs:
+        lines = [line for line in log.splitlines() if line.startswith("epoch ")]
+        assert lines and lines[0].startswith(f"epoch {epoch + 1}/3"), log
+        assert lines[-1].startswith("epoch 3/3"), log
+    assert _max_diff(out / "final.weights.h5", out / "process_1" / "final.weights.h5") == 0.0
+    # Split weights, started from the unsharded initial file, resumed from a
+    # backup the split run wrote: where one process on one device ends.
+    diff = _max_diff(out / "final.weights.h5", one_process_run / "final.weights.h5")
+    assert diff <= 1e-5, diff
+
+
+SHARDED_CHECKPOINT = """
+import json, sys
+import numpy as np
+from keras_coatnet.configs import get_config
+from keras_coatnet.model import CoAtNet
+from keras_coatnet.training import RunConfig, distribution
+
+trained, plain_file, sharded_file = sys.argv[1:]
+config, kwargs = get_config("coatnet-digits"), dict(input_shape=(32, 32, 3), classes=10)
+placement = distribution.place(RunConfig(distribution="model-parallel", model_axis=4))
+# The model-parallel run's checkpoint into an unsharded model, saved from it...
+plain = CoAtNet(config, weights=trained, **kwargs)
+plain.save_weights(plain_file)
+# ...and that file into a model split as the run's was, saved from it.
+placement.lay_out(config, **kwargs)
+with placement.run_scope():
+    sharded = CoAtNet(config, weights=plain_file, **kwargs)
+    sharded.save_weights(sharded_file)
+split = {v.path: str(v.value.sharding.spec) for v in sharded.weights
+         if "model" in tuple(v.value.sharding.spec)}
+largest = max(sharded.weights, key=lambda v: np.prod(v.shape))
+print("RESULT " + json.dumps({
+    "split": len(split),
+    "largest": [largest.path, split.get(largest.path)],
+    "devices": len({d for v in sharded.weights for d in v.value.sharding.device_set}),
+    "diff": max(float(np.max(np.abs(np.asarray(a.value) - np.asarray(b.value)), initial=0))
+                for a, b in zip(plain.weights, sharded.weights, strict=True)),
+}))
+"""
+
+
+def test_a_sharded_checkpoint_loads_unsharded_and_back(
+    tmp_path, initial_weights, model_parallel_pair
+):
+    out, _, _ = model_parallel_pair
+    trained = out / "final.weights.h5"
+    plain, sharded = tmp_path / "plain.weights.h5", tmp_path / "sharded.weights.h5"
+    result = subprocess.run(
+        [sys.executable, "-c", SHARDED_CHECKPOINT, str(trained), str(plain), str(sharded)],
+        env=_env_devices(8),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    measured = json.loads(line[len("RESULT ") :])
+    assert measured["devices"] == 8
+    # The largest kernel (and more) is split on the model axis.
+    assert measured["split"] >= 10 and "model" in str(measured["largest"][1]), measured
+    assert measured["diff"] == 0.0, measured
+    # Same values through both loads and saves (the run's file also holds the
+    # optimizer state, which a model without an optimizer does not save).
+    assert _max_diff(trained, plain, layers_only=True) == 0.0
+    assert _max_diff(sharded, plain) == 0.0
+    assert _max_diff(trained, initial_weights, layers_only=True) > 1e-3
 
 
 def test_jax_weights_load_and_serve_on_tensorflow(tmp_path, one_process_run):
@@ -272,6 +375,11 @@ def test_jax_and_tensorflow_train_alike(tmp_path, digits_root, initial_weights, 
             "jax",
             ["--distribution", "data-parallel", "--num-processes", "2", "--process-id", "0"],
             "needs --coordinator-address",
+        ),
+        (
+            "jax",
+            ["--distribution", "model-parallel", "--model-axis", "3"],
+            "--model-axis 3 must divide the 1 devices of each process",
         ),
     ],
 )

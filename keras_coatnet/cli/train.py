@@ -93,12 +93,19 @@ def register(subparsers, parents) -> None:
         choices=DISTRIBUTIONS,
         default="none",
         help="JAX backend: data-parallel = keras.distribution.DataParallel over every "
-        "device of every process (docs/DISTRIBUTED.md)",
+        "device of every process; model-parallel = keras.distribution.ModelParallel, the "
+        "large weights split over --model-axis devices (docs/DISTRIBUTED.md)",
+    )
+    add(
+        "--model-axis",
+        type=int,
+        help="model-parallel: devices each weight is split over; it must divide the "
+        "devices of one process, the batch is split over the rest (default: the devices "
+        "of one process)",
     )
     add(
         "--coordinator-address",
-        help=f"HOST:PORT of process 0 in a multi-process data-parallel run "
-        f"(default: ${ENV_COORDINATOR})",
+        help=f"HOST:PORT of process 0 in a multi-process run (default: ${ENV_COORDINATOR})",
     )
     add(
         "--num-processes",

@@ -16,7 +16,7 @@ from keras_coatnet.configs import CONFIGS, get_config
 # --mixed-precision -> the Keras dtype policy.
 PRECISIONS = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16", "off": "float32"}
 JIT = ("auto", "on", "off")
-DISTRIBUTIONS = ("none", "data-parallel")
+DISTRIBUTIONS = ("none", "data-parallel", "model-parallel")
 
 # Read by keras.distribution.initialize when its arguments are None; the
 # --coordinator-address, --num-processes and --process-id flags fall back to them.
@@ -90,6 +90,7 @@ _INTS = {
     "randaugment_magnitude": (0, 30),
     "num_processes": (1, None),
     "process_id": (0, None),
+    "model_axis": (1, None),
     "seed": (0, 2**32 - 1),  # NumPy's seed range
     "steps_per_epoch": (1, None),
 }
@@ -152,6 +153,7 @@ class RunConfig:
     jit: str = "auto"
     tpu: str | None = None
     distribution: str = "none"
+    model_axis: int | None = None
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
@@ -178,6 +180,11 @@ class RunConfig:
                 raise ValueError(f"{flag(name)} must be True or False, received: {value!r}")
         if self.image_size is not None:
             check_image_size(self.image_size)
+        if self.model_axis is not None and self.distribution != "model-parallel":
+            raise ValueError(
+                f"--model-axis {self.model_axis} needs --distribution model-parallel, "
+                f"received: --distribution {self.distribution}"
+            )
         if self.dataset is None and (self.data_dir or self.manual_dir):
             raise ValueError("--data-dir and --manual-dir need --dataset")
         if not self.output_dir:

@@ -1,14 +1,17 @@
 """Where the train step runs: tf.distribute on TensorFlow, keras.distribution on JAX.
 
 TensorFlow: `pick_strategy` (TPUStrategy for `--tpu`, MirroredStrategy over
-local GPUs). JAX: one device, or `keras.distribution.DataParallel` over every
-device of every process (`--distribution data-parallel`), the processes joined
-by `keras.distribution.initialize`. tf.distribute.MultiWorkerMirroredStrategy
-is not offered: Keras 3's fit does not support it (keras-team/keras#20585).
+local GPUs). JAX: one device, `keras.distribution.DataParallel` over every
+device of every process (`--distribution data-parallel`), or
+`keras.distribution.ModelParallel` on a (batch, model) mesh of them
+(`--distribution model-parallel --model-axis N`, the layouts from
+`sharding.layout_map`), the processes joined by `keras.distribution.initialize`.
+tf.distribute.MultiWorkerMirroredStrategy is not offered: Keras 3's fit does
+not support it (keras-team/keras#20585).
 
 In a multi-process run each process reads the same seeded pipeline and keeps
-its own rows of every global batch (the rows its devices hold in the global
-array), so N processes train like one process with the same global batch.
+its own rows of every global batch (the rows its devices hold on the batch
+axis), so N processes train like one process with the same global batch.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ class Placement:
 
     Attributes:
         strategy: The tf.distribute strategy (TensorFlow backend), else `None`.
-        distribution: The keras.distribution (JAX backend, data-parallel), else `None`.
-        replicas: Devices the global batch is split over.
+        distribution: The keras.distribution (JAX backend), else `None`.
+        replicas: Devices the global batch is split over (the batch axis).
+        layouts: The model-parallel LayoutMap, filled by `lay_out`, else `None`.
         num_processes: Processes of the run.
         process_id: This process, 0 .. num_processes - 1; 0 is the chief.
     """
@@ -49,6 +53,7 @@ class Placement:
     replicas: int = 1
     num_processes: int = 1
     process_id: int = 0
+    layouts: keras.distribution.LayoutMap | None = None
 
     @property
     def chief(self) -> bool:
@@ -64,8 +69,26 @@ class Placement:
             return contextlib.nullcontext()
         return self.distribution.scope()
 
+    def lay_out(self, config, **build_kwargs) -> None:
+        """Lay out the variables of `CoAtNet(config, **build_kwargs)` before it is built.
+
+        Model-parallel only (else nothing to do): the variables are created
+        split as `sharding.layout_map` says, and their shapes depend on the
+        builder's `input_shape` and `classes`, known once the data is.
+        """
+        if self.layouts is None:
+            return
+        from keras_coatnet.training.sharding import layout_map
+
+        self.layouts.clear()
+        self.layouts.update(layout_map(self.layouts.device_mesh, config, **build_kwargs))
+
     def rows(self, global_batch: int) -> slice:
-        """The rows of a global batch of `global_batch` that this process feeds."""
+        """The rows of a global batch of `global_batch` that this process feeds.
+
+        Those its devices hold on the batch axis: with a model axis spanning
+        processes, several processes feed the same rows.
+        """
         if self.distribution is None or self.num_processes == 1:
             return slice(0, global_batch)
         layout = self.distribution.get_data_layout((global_batch,)).backend_layout
@@ -150,10 +173,10 @@ def place(args) -> Placement:
         getattr(args, name, None) is not None
         for name in ("coordinator_address", "num_processes", "process_id")
     )
-    if multi and distribution != "data-parallel":
+    if multi and distribution == "none":
         raise ValueError(
             "--coordinator-address, --num-processes and --process-id need "
-            "--distribution data-parallel"
+            "--distribution data-parallel or model-parallel"
         )
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -180,15 +203,47 @@ def place(args) -> Placement:
     if num_processes > 1:
         _initialize_jax(coordinator, num_processes, process_id)
     devices = keras.distribution.list_devices()
+    placement = Placement(num_processes=num_processes, process_id=process_id)
     # The train command shards its own pipeline (Placement.shard): Keras's
     # auto-sharding would also split the evaluation batches, whose last one
     # may not divide over the processes.
-    dp = keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
-    return Placement(
-        distribution=dp,
-        replicas=len(devices),
-        num_processes=num_processes,
-        process_id=process_id,
+    if distribution == "data-parallel":
+        placement.distribution = keras.distribution.DataParallel(
+            devices=devices, auto_shard_dataset=False
+        )
+        placement.replicas = len(devices)
+        return placement
+    mesh = _mesh(devices, getattr(args, "model_axis", None))
+    # Empty until `Placement.lay_out`: the layouts need the class count.
+    placement.layouts = keras.distribution.LayoutMap(mesh)
+    placement.distribution = keras.distribution.ModelParallel(
+        layout_map=placement.layouts, batch_dim_name="batch", auto_shard_dataset=False
+    )
+    placement.replicas = mesh.shape[0]
+    return placement
+
+
+def _mesh(devices: list, model_axis: int | None) -> keras.distribution.DeviceMesh:
+    """The (batch, model) mesh of `devices`, `model_axis` of them on the model axis.
+
+    Devices are listed process by process, so a model axis dividing the
+    devices of one process stays inside each process: every process then
+    holds a whole copy of the weights, split over its devices, and writes
+    checkpoints from it as a data-parallel run does. A model axis spanning
+    processes would leave each with part of the weights and need a
+    checkpoint format written in pieces; it is refused.
+    """
+    import jax
+
+    local = jax.local_device_count()
+    size = local if model_axis is None else model_axis
+    if local % size:
+        raise ValueError(
+            f"--model-axis {size} must divide the {local} devices of each process "
+            "(checkpoints are written from each process's whole copy of the weights)"
+        )
+    return keras.distribution.DeviceMesh(
+        shape=(len(devices) // size, size), axis_names=("batch", "model"), devices=devices
     )
 
 

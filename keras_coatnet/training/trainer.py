@@ -155,6 +155,7 @@ def _train(run: RunConfig, placement) -> dict:
         # when op determinism is on, so XLA runs (TPU, GPU) are not bit-exact.
         # (JAX on CPU is deterministic without a switch.)
         tf.config.experimental.enable_op_determinism()
+    placement.lay_out(config, input_shape=(size, size, 3), classes=splits.num_classes)
     with placement.build_scope():
         # Several local replicas (MirroredStrategy): BatchNorm statistics over
         # the global batch, so N devices train like one. TPU cores keep
