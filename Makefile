@@ -9,7 +9,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[test,train,timm,serving,plot]"
+	$(PY) -m pip install -e ".[test,train,timm,serving,plot,export]"
 	touch $@
 
 # The main job: train a small CoAtNet on scikit-learn's digits, report held-out accuracy.

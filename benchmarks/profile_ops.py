@@ -42,7 +42,7 @@ import tensorflow as tf  # noqa: E402
 
 from keras_coatnet.layers import BatchNorm, MBConvBlock, Stem  # noqa: E402
 from keras_coatnet.model import create_model  # noqa: E402
-from keras_coatnet.serving.savedmodel import frozen_biases  # noqa: E402
+from keras_coatnet.serving.frozen import frozen_biases  # noqa: E402
 
 KINDS = (  # (substring of the node name, kind), first match wins
     ("gradient_tape", "backward"),

@@ -1,17 +1,18 @@
-"""`coatnet export`: a model as a TF Serving SavedModel (`keras_coatnet.export`)."""
+"""`coatnet export`: a model for TF Serving, ONNX Runtime, LiteRT or OpenVINO (`keras_coatnet.export`)."""
 
 from __future__ import annotations
 
 from keras_coatnet.cli._common import PROG, add_command
 from keras_coatnet.preprocessing import CROP_MODES, INTERPOLATIONS
-from keras_coatnet.serving import OUTPUTS
+from keras_coatnet.serving import FORMATS, OUTPUTS
 
 
 def register(subparsers, parents) -> None:
     p = add_command(
         subparsers,
         "export",
-        "write a TF Serving SavedModel version (images and image-bytes signatures)",
+        "write a TF Serving SavedModel version (images and image-bytes signatures), "
+        "or an ONNX, LiteRT or OpenVINO model file",
         parents,
     )
     p.add_argument("model", help=f"architecture name (`{PROG} models` lists them)")
@@ -20,12 +21,25 @@ def register(subparsers, parents) -> None:
         help="'imagenet', a tag, hf://owner/repo, a model.safetensors or .weights.h5 file "
         "(default: random initialisation)",
     )
-    p.add_argument("--output", required=True, help="model base directory (gets OUTPUT/VERSION/)")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=FORMATS[0],
+        help=f"({FORMATS[0]}) the others take the same images tensor as serving_default",
+    )
+    p.add_argument(
+        "--output",
+        required=True,
+        help="tf_saved_model: the base directory (gets OUTPUT/VERSION/); others: the model "
+        "file (.onnx, .tflite, .xml; added when missing)",
+    )
     p.add_argument("--image-size", type=int, help="input side (default: the model's)")
     p.add_argument("--classes", type=int, help="default: the weights' head, else 1000")
-    p.add_argument("--version", type=int, help="default: one more than the highest present")
+    p.add_argument(
+        "--version", type=int, help="tf_saved_model: default one more than the highest present"
+    )
     p.add_argument("--outputs", choices=OUTPUTS, default="probabilities", help="(probabilities)")
-    p.add_argument("--top-k", type=int, default=5, help="top classes returned (5)")
+    p.add_argument("--top-k", type=int, help="tf_saved_model: top classes returned (5)")
     p.add_argument("--crop-pct", type=float, help="serving_bytes crop (default: the weights')")
     p.add_argument("--crop-mode", choices=CROP_MODES, help="default: the weights' own")
     p.add_argument("--interpolation", choices=INTERPOLATIONS, help="default: the weights' own")
@@ -49,6 +63,7 @@ def run(args):
     target = export(
         model,
         args.output,
+        format=args.format,
         version=args.version,
         outputs=args.outputs,
         top_k=args.top_k,

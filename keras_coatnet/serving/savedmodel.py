@@ -2,6 +2,8 @@
 
     keras_coatnet.export(model, "serving/coatnet")   # writes serving/coatnet/1/
 
+(`keras_coatnet.export` with the default `format="tf_saved_model"`.)
+
 Signatures (names are the serving API):
 
 - `serving_default`: `images`, float32 `[batch, H, W, 3]`, pixels in 0..255
@@ -49,7 +51,8 @@ def _head_activation(model):
     return keras.activations.serialize(head.activation)
 
 
-def _check(model, outputs, top_k):
+def check_model(model, outputs, top_k=1):
+    """Input height, width and head activation of a model that can be exported, else an error."""
     if keras.backend.backend() != "tensorflow":
         raise ValueError(
             f"export writes a TensorFlow SavedModel; the Keras backend is "
@@ -90,7 +93,7 @@ def _next_version(path):
     return max(versions, default=0) + 1
 
 
-def export(
+def write_saved_model(
     model,
     path,
     version: int | None = None,
@@ -100,40 +103,10 @@ def export(
     crop_mode: str | None = None,
     interpolation: str | None = None,
 ) -> str:
-    """Write `model` as TF Serving version directory `path/<version>/`.
-
-    Args:
-        model: A CoAtNet `keras.Model` with its head and built-in
-            preprocessing (`include_top=True, include_preprocessing=True`)
-            at a fixed input size.
-        path: The model's base directory (TF Serving's `--model_base_path`).
-        version: Version number; defaults to one more than the highest
-            existing version (1 for a new directory). An existing version
-            is never overwritten.
-        outputs: `"probabilities"` (softmax; the head may be softmax or
-            linear) or `"logits"` (the model must be built with
-            `classifier_activation=None`).
-        top_k: How many top classes to return. Defaults to `5`.
-        crop_pct: Centre-crop fraction of the bytes signature (timm's
-            `crop_pct`). Defaults to the model's evaluation settings (those
-            of its pretrained weights, `keras_coatnet.preprocessing.
-            eval_settings`), else `0.95`.
-        crop_mode: `"center"` (resize the shorter side) or `"squash"`
-            (resize both sides) before the crop. Defaults as `crop_pct`,
-            else `"center"`.
-        interpolation: `"bicubic"` or `"bilinear"` resizing. Defaults as
-            `crop_pct`, else `"bicubic"`.
-
-    Returns:
-        The version directory written.
-
-    Raises:
-        ValueError: For a model that cannot be served this way, bad
-            arguments, or an existing version directory.
-    """
+    """`keras_coatnet.export(..., format="tf_saved_model")`: write `path/<version>/`."""
     import tensorflow as tf
 
-    height, width, activation = _check(model, outputs, top_k)
+    height, width, activation = check_model(model, outputs, top_k)
     changes = dict(crop_pct=crop_pct, crop_mode=crop_mode, interpolation=interpolation)
     changes = {key: value for key, value in changes.items() if value is not None}
     settings = model_eval_settings(model, EvalSettings()).replace(**changes)

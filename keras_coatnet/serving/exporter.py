@@ -1,0 +1,100 @@
+"""`keras_coatnet.export`: one entry point for every serving format."""
+
+from __future__ import annotations
+
+from keras_coatnet.serving import FORMATS
+
+
+def export(
+    model,
+    path,
+    format: str = "tf_saved_model",
+    version: int | None = None,
+    outputs: str = "probabilities",
+    top_k: int | None = None,
+    crop_pct: float | None = None,
+    crop_mode: str | None = None,
+    interpolation: str | None = None,
+) -> str:
+    """Export `model` for serving; returns the path of what was written.
+
+    `format="tf_saved_model"` (the default) writes TF Serving version
+    directory `path/<version>/` with two signatures: `serving_default`
+    (float32 `images`) and `serving_bytes` (encoded images, decoded and
+    cropped in the graph); see `keras_coatnet.serving.savedmodel`.
+
+    `"onnx"`, `"litert"` and `"openvino"` write one model file through
+    Keras's own `model.export(format=...)`: `path` with `.onnx`, `.tflite`
+    or `.xml` (added when `path` has no extension; OpenVINO writes its
+    weights to a `.bin` beside it). It takes the same `images` tensor as
+    `serving_default` (float32 `[batch, H, W, 3]`, pixels in 0..255,
+    dynamic batch) and returns one float32 `[batch, classes]` output,
+    the scores named by `outputs`.
+
+    Every format stores each attention bias once, precomputed: no gather
+    and no cache refresh in the exported graph. A failure leaves no
+    partial version or file behind.
+
+    Args:
+        model: A CoAtNet `keras.Model` with its head and built-in
+            preprocessing (`include_top=True, include_preprocessing=True`)
+            at a fixed input size, on the TensorFlow backend.
+        path: The model's base directory (TF Serving's `--model_base_path`)
+            for `"tf_saved_model"`; the model file for the others.
+        format: One of `"tf_saved_model"`, `"onnx"`, `"litert"`,
+            `"openvino"`.
+        version: SavedModel only. Version number; defaults to one more than
+            the highest existing version (1 for a new directory). An
+            existing version is never overwritten.
+        outputs: `"probabilities"` (softmax; the head may be softmax or
+            linear) or `"logits"` (the model must be built with
+            `classifier_activation=None`).
+        top_k: SavedModel only. How many top classes to return. Defaults
+            to `5`.
+        crop_pct: SavedModel only. Centre-crop fraction of the bytes
+            signature (timm's `crop_pct`). Defaults to the model's
+            evaluation settings (those of its pretrained weights,
+            `keras_coatnet.preprocessing.eval_settings`), else `0.95`.
+        crop_mode: SavedModel only. `"center"` (resize the shorter side)
+            or `"squash"` (resize both sides) before the crop. Defaults as
+            `crop_pct`, else `"center"`.
+        interpolation: SavedModel only. `"bicubic"` or `"bilinear"`
+            resizing. Defaults as `crop_pct`, else `"bicubic"`.
+
+    Returns:
+        The version directory (SavedModel) or the model file written.
+
+    Raises:
+        ValueError: For a model that cannot be served this way, bad
+            arguments, or an existing version directory.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, received: {format!r}")
+    if format == "tf_saved_model":
+        from keras_coatnet.serving.savedmodel import write_saved_model
+
+        return write_saved_model(
+            model,
+            path,
+            version=version,
+            outputs=outputs,
+            top_k=5 if top_k is None else top_k,
+            crop_pct=crop_pct,
+            crop_mode=crop_mode,
+            interpolation=interpolation,
+        )
+    saved_model_only = dict(
+        version=version,
+        top_k=top_k,
+        crop_pct=crop_pct,
+        crop_mode=crop_mode,
+        interpolation=interpolation,
+    )
+    given = [name for name, value in saved_model_only.items() if value is not None]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} only apply to format='tf_saved_model', received format={format!r}"
+        )
+    from keras_coatnet.serving.files import write_file
+
+    return write_file(model, path, format, outputs=outputs)
