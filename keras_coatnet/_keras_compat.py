@@ -180,3 +180,22 @@ def discard_uninitialized(variables) -> None:
     if pending:
         drop = {id(v) for v in variables}
         pending[:] = [v for v in pending if id(v) not in drop]
+
+
+def stored_values(variables) -> list:
+    """The tensors `variables` hold now (or a `keras.StatelessScope` maps them to), uncast.
+
+    Missing public API: inside a layer's call under a mixed-precision
+    policy, `variable.value` is cast to the compute dtype by the layer's
+    autocast scope, and nothing public reads the stored value there.
+    Rematerialization (`layers._common.rematerialized`) hands a block's
+    weights to `keras.remat` as inputs and maps them back with a
+    `keras.StatelessScope`; a float32 sublayer (the relative-bias MLP) must
+    read them in float32, as it does without remat.
+    """
+    from keras.src.backend import AutocastScope
+
+    with AutocastScope(None):
+        # A tensor read now: TensorFlow's `tf.Variable` itself would be read again
+        # when the backward pass recomputes (after drop path's seed moved on).
+        return [keras.ops.copy(v.value) for v in variables]

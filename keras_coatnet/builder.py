@@ -64,7 +64,7 @@ def _check_args(include_top, resolved, pooling, classes) -> int:
     return classes
 
 
-def _stem_and_stages(x, config, drop_path_rate, cache_bias, sync_batchnorm=False):
+def _stem_and_stages(x, config, drop_path_rate, cache_bias, sync_batchnorm=False, remat=False):
     """S0..S4 (`stage_features` finds the stages again by their names)."""
     x = Stem(
         config.stem_dim,
@@ -90,6 +90,7 @@ def _stem_and_stages(x, config, drop_path_rate, cache_bias, sync_batchnorm=False
                 approximate_gelu=config.approximate_gelu,
                 pool_type=config.pool_type,
                 sync_batchnorm=sync_batchnorm,
+                remat=remat,
                 name=block_name(s, b),
             )
             if stage.block_type == "mbconv":
@@ -171,6 +172,7 @@ def CoAtNet(
     drop_path_rate: float = 0.0,
     cache_bias: bool = True,
     sync_batchnorm: bool = False,
+    remat: bool = False,
     name: str | None = None,
 ) -> keras.Model:
     """Build a CoAtNet from a `CoAtNetConfig`.
@@ -213,6 +215,12 @@ def CoAtNet(
             replicas of a distribution strategy, so that N replicas train
             like one device on the global batch (TensorFlow backend).
             Defaults to `False`.
+        remat: Rematerialize every block (MBConv and Transformer): a
+            training step keeps only each block's input for the backward
+            pass and runs the block forward again there, trading about one
+            more forward pass for the memory of the blocks' activations.
+            Weights, names and outputs are unchanged; the blocks' configs
+            record it. Defaults to `False`.
         name: Model name. Defaults to the variant name.
 
     Returns:
@@ -230,6 +238,8 @@ def CoAtNet(
         raise ValueError(f"config must be a CoAtNetConfig, received: {config!r}")
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), received: {drop_path_rate!r}")
+    if not isinstance(remat, bool):
+        raise ValueError(f"remat must be True or False, received: {remat!r}")
     resolved = resolve(weights, config)
     classes = _check_args(include_top, resolved, pooling, classes)
     input_shape = _input_shape(config, input_shape, input_tensor, include_preprocessing)
@@ -248,7 +258,7 @@ def CoAtNet(
             eval_settings=settings,
             name="preprocessing",
         )(x)
-    x = _stem_and_stages(x, config, drop_path_rate, cache_bias, sync_batchnorm)
+    x = _stem_and_stages(x, config, drop_path_rate, cache_bias, sync_batchnorm, remat)
     x = _head(x, config, include_top, pooling, classes, classifier_activation, sync_batchnorm)
     model = keras.Model(inputs, x, name=name or config.name.replace("-", "_"))
     if resolved is not None:

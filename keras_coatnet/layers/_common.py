@@ -1,7 +1,9 @@
-"""Helpers shared by the blocks: activations, padding, pooling."""
+"""Helpers shared by the blocks: activations, padding, pooling, rematerialization."""
 
+import keras
 from keras import ops
 
+from keras_coatnet._keras_compat import stored_values
 from keras_coatnet.layers.batch_norm import BatchNorm
 
 SQRT_HALF = 0.7071067811865476
@@ -99,3 +101,40 @@ def on_tokens(fn, x, channels):
     batch, height, width = ops.shape(x)[:3]
     y = fn(ops.reshape(x, (-1, channels)))
     return ops.reshape(y, (batch, height, width, ops.shape(y)[-1]))
+
+
+def rematerialized(layer, forward, inputs, training):
+    """`forward(inputs, training=training)`, its activations recomputed in the backward pass.
+
+    Through `keras.remat` (`jax.checkpoint`, `tf.recompute_grad`): the
+    backward pass keeps only the block's input and weights and runs the
+    block forward again. Keras's own `keras.RematScope` cannot do it for
+    these blocks: on JAX it hands `training` to `jax.checkpoint` as a traced
+    value (the blocks branch on it in Python), and state assigned inside the
+    checkpoint (BatchNorm statistics, drop path's seed) leaks its tracers.
+    So `layer` runs in a `keras.StatelessScope` whose assignments come out
+    as outputs and are assigned once, here: the recomputation draws the
+    same drop-path mask and does not update the statistics a second time.
+    """
+    weights = layer.trainable_variables
+    state = layer.non_trainable_variables
+    state_values = stored_values(state)
+    assigned = []  # the state variables `forward` assigns, found while tracing it
+
+    def run(inputs, *values):
+        mapping = [*zip(weights, values, strict=True), *zip(state, state_values, strict=True)]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            before = [scope.get_current_value(v) for v in state]
+            outputs = forward(inputs, training=training)
+            changed = [
+                (v, scope.get_current_value(v))
+                for v, old in zip(state, before, strict=True)
+                if scope.get_current_value(v) is not old
+            ]
+        assigned[:] = [v for v, _ in changed]
+        return outputs, [value for _, value in changed]
+
+    outputs, updated = keras.remat(run)(inputs, *stored_values(weights))
+    for variable, value in zip(assigned, updated, strict=True):
+        variable.assign(value)
+    return outputs

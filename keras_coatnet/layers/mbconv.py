@@ -11,6 +11,7 @@ from keras_coatnet.layers._common import (
     pad_symmetric,
     pool2x2,
     pooled_shape,
+    rematerialized,
 )
 from keras_coatnet.layers.drop_path import DropPath
 
@@ -99,6 +100,9 @@ class MBConvBlock(keras.layers.Layer):
         padding: `"symmetric"` or `"same"` for the strided depthwise conv.
         pool_type: `"avg"`, `"max"` or `"max3"` for the shortcut pooling.
         sync_batchnorm: Synchronize BatchNorm statistics across replicas.
+        remat: Recompute the block's activations in the backward pass of a
+            training step instead of keeping them (less memory, about one
+            more forward pass). Defaults to `False`.
 
     Call arguments:
         inputs: NHWC feature map with `input_filters` channels.
@@ -136,10 +140,12 @@ class MBConvBlock(keras.layers.Layer):
         padding="symmetric",
         pool_type="avg",
         sync_batchnorm=False,
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.sync_batchnorm = sync_batchnorm
+        self.remat = remat
         if strides not in (1, 2):
             raise ValueError(f"strides must be 1 or 2, received: {strides!r}")
         if expand_from not in ("output", "input"):
@@ -231,6 +237,11 @@ class MBConvBlock(keras.layers.Layer):
         return activation(x, self.activation, self.approximate_gelu)
 
     def call(self, inputs, training=None):
+        if self.remat and training:
+            return rematerialized(self, self._forward, inputs, training)
+        return self._forward(inputs, training)
+
+    def _forward(self, inputs, training=None):
         shortcut = inputs
         if self.strides == 2:
             shortcut = pool2x2(shortcut, self.pool_type)
@@ -334,6 +345,7 @@ class MBConvBlock(keras.layers.Layer):
                 "padding": self.padding,
                 "pool_type": self.pool_type,
                 "sync_batchnorm": self.sync_batchnorm,
+                "remat": self.remat,
             }
         )
         return config

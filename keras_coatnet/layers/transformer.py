@@ -2,7 +2,14 @@
 
 import keras
 
-from keras_coatnet.layers._common import batch_norm, gelu, on_tokens, pool2x2, pooled_shape
+from keras_coatnet.layers._common import (
+    batch_norm,
+    gelu,
+    on_tokens,
+    pool2x2,
+    pooled_shape,
+    rematerialized,
+)
 from keras_coatnet.layers.attention import RelativeAttention
 from keras_coatnet.layers.drop_path import DropPath
 from keras_coatnet.layers.layer_scale import LayerScale
@@ -43,6 +50,9 @@ class TransformerBlock(keras.layers.Layer):
         cache_bias: Cache the relative bias for inference. Defaults to `True`.
         sync_batchnorm: Synchronize BatchNorm statistics across replicas
             (with `norm="batchnorm"`).
+        remat: Recompute the block's activations in the backward pass of a
+            training step instead of keeping them (less memory, about one
+            more forward pass). Defaults to `False`.
 
     Call arguments:
         inputs: NHWC map with `input_filters` channels.
@@ -69,10 +79,12 @@ class TransformerBlock(keras.layers.Layer):
         pool_type="avg",
         cache_bias=True,
         sync_batchnorm=False,
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.sync_batchnorm = sync_batchnorm
+        self.remat = remat
         if strides not in (1, 2):
             raise ValueError(f"strides must be 1 or 2, received: {strides!r}")
         if attention_width not in ("output", "input"):
@@ -145,6 +157,11 @@ class TransformerBlock(keras.layers.Layer):
         self.fc2.build(out[:-1] + (int(self.filters * self.expand_ratio),))
 
     def call(self, inputs, training=None):
+        if self.remat and training:
+            return rematerialized(self, self._forward, inputs, training)
+        return self._forward(inputs, training)
+
+    def _forward(self, inputs, training=None):
         shortcut = inputs
         x = self.norm1(inputs, training=training)
         if self.strides == 2:
@@ -196,6 +213,7 @@ class TransformerBlock(keras.layers.Layer):
                 "pool_type": self.pool_type,
                 "cache_bias": self.cache_bias,
                 "sync_batchnorm": self.sync_batchnorm,
+                "remat": self.remat,
             }
         )
         return config
