@@ -85,6 +85,12 @@ def register(subparsers, parents) -> None:
         "3.7x slower (docs/TRAINING.md); on JAX auto = on everywhere (off runs op by op)",
     )
     add(
+        "--remat",
+        action="store_true",
+        help="recompute each block's activations in the backward pass instead of keeping "
+        "them: less memory per image for about one more forward pass (docs/DISTRIBUTED.md)",
+    )
+    add(
         "--tpu",
         help="TPU name for TPUClusterResolver ('local' on a TPU VM); TensorFlow backend",
     )

@@ -151,6 +151,7 @@ class RunConfig:
     # compute and placement
     mixed_precision: str = "off"
     jit: str = "auto"
+    remat: bool = False
     tpu: str | None = None
     distribution: str = "none"
     model_axis: int | None = None
@@ -174,7 +175,7 @@ class RunConfig:
                 raise ValueError(
                     f"{flag(name)} must be one of {', '.join(choices)}, received: {value!r}"
                 )
-        for name in ("cutmix", "quiet"):
+        for name in ("cutmix", "remat", "quiet"):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name == "cutmix")):
                 raise ValueError(f"{flag(name)} must be True or False, received: {value!r}")

@@ -32,6 +32,7 @@ def build_model(
     weights=None,
     drop_path_rate=0.0,
     sync_batchnorm=False,
+    remat=False,
 ) -> keras.Model:
     """The model to train, started from `weights` when given.
 
@@ -47,6 +48,7 @@ def build_model(
         classes=classes,
         drop_path_rate=drop_path_rate,
         sync_batchnorm=sync_batchnorm,
+        remat=remat,
     )
 
 
@@ -169,6 +171,7 @@ def _train(run: RunConfig, placement) -> dict:
             run.weights,
             drop_path_rate=rec.drop_path_rate,
             sync_batchnorm=mirrored and strategy.num_replicas_in_sync > 1,
+            remat=run.remat,
         )
         model.compile(
             optimizer=recipe.optimizer(rec, steps),
