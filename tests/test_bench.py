@@ -293,3 +293,144 @@ def test_smoke_run_times_every_variant_and_checks_parity(tmp_path):
     # The log ends with the table and the parity line, as docs/BENCHMARKS.md shows.
     assert "| coatnet_pico_rw_224 | 64 | 1 | savedmodel |" in result.stdout
     assert "largest max abs diff of any keras variant vs timm" in result.stdout
+
+
+# ----------------------------------------------------------------------------- CPU serving
+
+needs_runtimes = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime")),
+    reason="the export extra",
+)
+
+
+def serving_settings(*argv):
+    from keras_coatnet.bench import serving
+
+    return serving.resolve(serving.parser().parse_args(list(argv)))
+
+
+def test_serving_flags_defaults_smoke_and_bad_values():
+    from keras_coatnet.bench import serving, serving_workers
+
+    full = serving_settings()
+    assert full["cases"] == [Case("coatnet_0_224", 224, (1, 8)), Case("coatnet_1_224", 384, (1,))]
+    assert full["variants"] == list(serving_workers.VARIANTS) and full["threads"] == 2
+    assert (full["rounds"], full["min_calls"], full["tolerance"]) == (3, 5, 1e-4)
+    assert full["doc"].endswith(os.path.join("docs", "BENCHMARKS.md"))
+    smoke = serving_settings("--smoke", "--variants", "timm_ort, ours_ort")
+    assert smoke["cases"] == [Case("coatnet_pico_rw_224", 64, (1,))]
+    assert (smoke["rounds"], smoke["doc"], smoke["variants"]) == (1, None, ["timm_ort", "ours_ort"])
+    assert serving_settings("--no-doc")["doc"] is None
+    for argv, message in (
+        (["--variants", "timm_ort,tvm"], r"^--variants: unknown 'tvm'; choose from timm_eager, "),
+        (["--threads", "0"], r"^--threads must be at least 1, received: 0$"),
+        (["--models", "coatnet_0_224:100"], r"^--models: the size must be a positive multiple"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            serving_settings(*argv)
+    assert serving.main(["--variants", "nope"]) == 2
+
+
+def test_serving_rows_are_medians_over_rounds_with_ratio_parity_and_limit(tmp_path):
+    from keras_coatnet.bench import serving, serving_report
+
+    settings = serving_settings("--smoke", "--variants", "timm_ort,ours_ort,ours_ov_bf16")
+    runs = [
+        {"model": "coatnet_pico_rw_224", "size": 64, "batch": 1, "variant": v,
+         "images_per_s": ips, "max_abs_diff": diff, "top1_agreement": 1.0}
+        for v, ips, diff in (
+            ("timm_ort", 10.0, 1e-6), ("timm_ort", 30.0, 1e-6), ("timm_ort", 20.0, 1e-6),
+            ("ours_ort", 25.0, 2e-4), ("ours_ort", 5.0, 1e-6), ("ours_ort", 24.0, 1e-6),
+            ("ours_ov_bf16", 40.0, 3e-2),
+        )
+    ]  # fmt: skip
+    infos = {"coatnet_pico_rw_224_64": {"macs": 10**9}}
+    rows = {r["variant"]: r for r in serving.summarize(runs, settings, infos, peak=100.0)}
+    assert rows["timm_ort"]["images_per_s"] == 20.0 and rows["timm_ort"]["rounds"] == 3
+    ours = rows["ours_ort"]
+    assert ours["images_per_s"] == 24.0 and ours["ratio_vs_timm_ort"] == pytest.approx(1.2)
+    assert ours["limit_share"] == pytest.approx(24.0 * 2 / 100.0)
+    assert ours["parity"] is False  # one round over 1e-4 fails the variant
+    assert rows["ours_ov_bf16"]["parity"] is True  # bf16: the top-1 agreement is reported
+    table = serving_report.markdown(list(rows.values()))
+    assert "| ours_ort | f32 | 24.00 | 1.20x | 48% | 2.0e-04 (over tolerance) | 100% |" in table
+
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n\nkept\n")
+    for text in ("first", "second"):
+        serving_report.write_doc(str(doc), f"{serving_report.BEGIN}\n{text}\n{serving_report.END}")
+    written = doc.read_text()
+    assert written.startswith("# Benchmarks\n\nkept\n") and written.count(serving_report.BEGIN) == 1
+    assert "second" in written and "first" not in written
+
+
+@needs_runtimes
+def test_gelu_rewrite_lets_onnx_runtime_fuse_it(tmp_path):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from keras_coatnet.serving.onnx_fusions import fuse_gelu
+
+    def const(name, value):
+        return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+    # Our GELU as Keras's ONNX export writes it (the Add's 1 shaped [1, 1]).
+    nodes = [
+        helper.make_node("Mul", ["x", "c"], ["a"]),
+        helper.make_node("Erf", ["a"], ["e"]),
+        helper.make_node("Add", ["one", "e"], ["s"]),
+        helper.make_node("Mul", ["half", "x"], ["h"]),
+        helper.make_node("Mul", ["h", "s"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gelu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8])],
+        [const("c", 0.7071067811865476), const("one", [[1.0]]), const("half", 0.5)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    x = np.random.RandomState(0).standard_normal((4, 8)).astype("float32")
+
+    def run(model, name):
+        path = str(tmp_path / name)
+        onnx.save(model, path)
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = path + ".opt"
+        y = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]).run(
+            None, {"x": x}
+        )[0]
+        return y, [n.op_type for n in onnx.load(path + ".opt").graph.node]
+
+    before, ops_before = run(model, "raw.onnx")
+    assert "Erf" in ops_before and "Gelu" not in ops_before  # ONNX Runtime leaves it unfused
+    assert fuse_gelu(model) == 1
+    onnx.checker.check_model(model)
+    after, ops_after = run(model, "fused.onnx")
+    assert ops_after == ["Gelu"]
+    np.testing.assert_allclose(after, before, atol=1e-6)
+
+
+@needs_timm
+@needs_runtimes
+def test_serving_smoke_runs_each_variant_in_its_own_process(tmp_path):
+    out = tmp_path / "serving.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_coatnet.bench.serving", "--smoke"]
+        + ["--variants", "timm_eager,timm_ort", "--json", str(out), "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert list(rows) == ["timm_eager", "timm_ort"]
+    assert rows["timm_ort"]["ratio_vs_timm_ort"] == 1.0
+    assert all(r["parity"] and r["max_abs_diff"] < 1e-4 for r in rows.values())
+    pids = {r["pid"] for r in data["runs"]}
+    assert len(pids) == 2 and os.getpid() not in pids  # one process per variant
+    assert "| coatnet_pico_rw_224 | 64 | 1 | timm_ort | f32 |" in result.stdout

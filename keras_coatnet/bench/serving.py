@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shlex
 import statistics
 import sys
@@ -34,17 +33,20 @@ import time
 
 from keras_coatnet.bench import serving_workers as workers
 from keras_coatnet.bench.options import parse_spec
+from keras_coatnet.bench.serving_report import cpu_model, markdown, section, write_doc
 from keras_coatnet.bench.timing import log, wait_idle
 
 DEFAULT_MODELS = ("coatnet_0_224:224:1,8", "coatnet_1_224:384:1")
 SMOKE_MODEL = "coatnet_pico_rw_224:64:1"
 REFERENCE = "timm_ort"
-BEGIN, END = "<!-- cpu-serving:begin -->", "<!-- cpu-serving:end -->"
 EXPORTS = {  # our export each variant needs
     "ours_tf_function": None,
     "ours_xla": None,
     "ours_savedmodel": "savedmodel",
     "ours_ort": "onnx",
+    "ours_ort_unfused": "onnx",
+    "ours_onnx_ov_f32": "onnx",
+    "ours_onnx_ov_bf16": "onnx",
     "ours_ov_f32": "openvino",
     "ours_ov_bf16": "openvino",
     "ours_litert": "litert",
@@ -128,17 +130,6 @@ def default_doc() -> str:
     return os.path.join(root, "docs", "BENCHMARKS.md")
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def prepare(case, settings, directory) -> dict:
     """Build what the chosen variants need in `directory` (reused when present)."""
     variants, threads = settings["variants"], settings["threads"]
@@ -160,7 +151,7 @@ def prepare(case, settings, directory) -> dict:
     exports = sorted({EXPORTS[v] for v in variants if EXPORTS.get(v)})
     names = {
         "savedmodel": "ours_savedmodel",
-        "onnx": "ours.onnx",
+        "onnx": "ours_unfused.onnx",
         "litert": "ours.tflite",
         "openvino": "ours_ov.xml",
     }
@@ -245,7 +236,8 @@ def run(settings, command: str) -> dict:
                             f"{result['max_abs_diff']:.1e}, load {row['loadavg']:.2f}"
                         )
                     runs.append(row)
-    measure_peak()
+    if settings["rounds"] > 1:  # again at the end: other load can only lower it
+        measure_peak()
     env["loadavg_end"] = os.getloadavg()
     rows = summarize(runs, settings, infos, max(peaks, default=0.0))
     versions = {}
@@ -312,73 +304,6 @@ def summarize(runs, settings, infos, peak) -> list[dict]:
                 if "images_per_s" in row and ref:
                     row["ratio_vs_timm_ort"] = row["images_per_s"] / ref
     return rows
-
-
-def markdown(rows) -> str:
-    lines = [
-        "| model | size | batch | variant | precision | img/s | vs timm->ORT | "
-        "matmul limit | max abs diff vs timm | top-1 agree |",
-        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        head = f"| {r['model']} | {r['size']} | {r['batch']} | {r['variant']} |"
-        if "error" in r:
-            lines.append(f"{head} | failed: {r['error'][:60]} | | | | |")
-            continue
-        ratio = r.get("ratio_vs_timm_ort")
-        share = r.get("limit_share")
-        mark = "" if r["parity"] else " (over tolerance)"
-        lines.append(
-            f"{head} {r['precision']} | {r['images_per_s']:.2f} | "
-            f"{f'{ratio:.2f}x' if ratio else '-'} | {f'{share:.0%}' if share else '-'} | "
-            f"{r['max_abs_diff']:.1e}{mark} | {r['top1_agreement']:.0%} |"
-        )
-    return "\n".join(lines)
-
-
-def section(command, env, settings, table) -> str:
-    versions = ", ".join(f"{k} {v}" for k, v in sorted(env["versions"].items()))
-    load = f"{env['loadavg_start'][0]:.2f} at the start, {env['loadavg_end'][0]:.2f} at the end"
-    peak = env["sgemm_gflops"]
-    return "\n".join(
-        [
-            BEGIN,
-            "## CPU serving: timm -> ONNX Runtime / OpenVINO next to our exports",
-            "",
-            f"Command: `{command}`",
-            "",
-            f"Machine: {env['cpu']}, {env['cores']} cores; {settings['threads']} intra-op threads "
-            f"for every runtime; Python {env['python']}; {versions}. "
-            f"Load average {load}. "
-            f"float32 sgemm (2048^2, best of numpy and torch): "
-            f"{f'{peak:.0f}' if peak else '?'} GFLOP/s.",
-            "",
-            f"Each variant ran in its own process, {settings['rounds']} rounds alternating the "
-            f"order, {settings['warmup']} warm-up calls then at least "
-            f"{settings['min_calls']} calls and {settings['min_seconds']:g} s per process; "
-            "img/s is the median over rounds of each "
-            'process\'s median call. "matmul limit": img/s x 2 x MACs / sgemm GFLOP/s. '
-            "Diffs are against timm eager's logits (float32 must be within "
-            f"{settings['tolerance']:g}); ours take pixels 0..255 (preprocessing built in), timm "
-            "the normalized input.",
-            "",
-            table,
-            END,
-        ]
-    )
-
-
-def write_doc(path: str, text: str) -> None:
-    """Replace the section between the markers in `path`, or append it."""
-    old = open(path).read() if os.path.exists(path) else ""
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    new = (
-        pattern.sub(lambda _: text, old)
-        if pattern.search(old)
-        else (old.rstrip("\n") + "\n\n" + text if old else text)
-    )
-    with open(path, "w") as f:
-        f.write(new.rstrip("\n") + "\n")
 
 
 def main(argv=None) -> int:
