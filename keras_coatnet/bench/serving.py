@@ -14,7 +14,7 @@ rotates each round) and the table gives the median over rounds of each
 process's median call. Each worker compares its logits with timm eager's:
 float32 variants must agree within `--tolerance` (1e-4), bf16 report the
 top-1 agreement. The matmul limit is the best float32 sgemm GFLOP/s of the
-run (numpy, torch; 2048^2) divided by 2 x MACs per image.
+run (numpy, torch; 2048^2, 256^2 with --smoke) divided by 2 x MACs per image.
 
 This module imports no framework; the workers do.
 """
@@ -117,6 +117,7 @@ def resolve(args) -> dict:
         if args.min_seconds is not None
         else (0.0 if args.smoke else 4.0),
         "max_calls": 1000,
+        "sgemm_n": 256 if args.smoke else 2048,
         "tolerance": args.tolerance,
         "wait_idle": args.wait_idle,
         "workdir": args.workdir,
@@ -188,10 +189,11 @@ def run(settings, command: str) -> dict:
     peaks, runs, infos = [], [], {}
 
     def measure_peak():
-        result, error = workers.run("sgemm", {"threads": threads})
+        result, error = workers.run("sgemm", {"threads": threads, "n": settings["sgemm_n"]})
         if result is not None:
             peaks.append(max(result["gflops"].values()))
-            log(f"   sgemm float32 2048^2: {json.dumps(result['gflops'])} GFLOP/s")
+            n = settings["sgemm_n"]
+            log(f"   sgemm float32 {n}^2: {json.dumps(result['gflops'])} GFLOP/s")
 
     measure_peak()
     for case in settings["cases"]:

@@ -182,8 +182,9 @@ def prep_ours(cfg: dict) -> dict:
     }
 
 
-def sgemm(cfg: dict, n: int = 2048, repeats: int = 5) -> dict:
-    """GFLOP/s of float32 n x n matmul with numpy and torch (best time of each)."""
+def sgemm(cfg: dict, repeats: int = 5) -> dict:
+    """GFLOP/s of float32 n x n matmul with numpy and torch (best time of each; n = 2048)."""
+    n = cfg.get("n", 2048)
     from keras_coatnet._timm import import_timm
 
     torch, _ = import_timm()
