@@ -180,14 +180,27 @@ def test_malformed_bytes_fail_that_request_clearly(exported, make, message):
     assert good["probabilities"].shape == (1, 10)
 
 
-def test_wrong_shaped_images_are_rejected(exported):
+def test_malformed_images_fail_clearly_and_the_next_call_is_answered(exported):
     import tensorflow as tf
 
-    _, _, first, _ = exported
-    loaded = tf.saved_model.load(first)
-    for bad in (np.zeros((1, 32, 32, 3), "float32"), np.zeros((1, 64, 64, 1), "float32")):
-        with pytest.raises((tf.errors.InvalidArgumentError, ValueError, TypeError)):
-            loaded.signatures["serving_default"](images=tf.constant(bad))
+    model, _, first, _ = exported
+    serve = tf.saved_model.load(first).signatures["serving_default"]
+    bad = {
+        "wrong size": np.zeros((1, 32, 32, 3), "float32"),
+        "one channel": np.zeros((1, 64, 64, 1), "float32"),
+        "empty batch": np.zeros((0, 64, 64, 3), "float32"),
+    }
+    x = images((1, 64, 64, 3))
+    for name, value in bad.items():
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[batch, 64, 64, 3\]"):
+            serve(images=tf.constant(value))
+        out = serve(images=tf.constant(x))["probabilities"].numpy()
+        np.testing.assert_allclose(out, model.predict(x, verbose=0), atol=1e-6, err_msg=name)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="expected to be a float tensor"):
+        serve(images=tf.constant(x.astype("float64")))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        serve(images=tf.constant(x[0]))
+    np.testing.assert_allclose(serve(images=tf.constant(x))["probabilities"].numpy(), out)
 
 
 def test_export_rejects_models_it_cannot_serve(tmp_path):
@@ -237,6 +250,20 @@ def test_the_saved_model_holds_the_weights_and_one_copy_of_the_biases(tmp_path, 
     x = images((2, 384, 384, 3))
     out = tf.saved_model.load(target).signatures["serving_default"](images=tf.constant(x))
     np.testing.assert_allclose(out["probabilities"].numpy(), model.predict(x, verbose=0), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_coatnet_1_at_384_exports_its_weights_and_one_copy_of_the_biases(tmp_path):
+    import tensorflow as tf
+
+    model = kc.CoAtNet1(weights=None, input_shape=(384, 384, 3))
+    attention = [layer for layer in walk_layers(model) if hasattr(layer, "frozen_bias")]
+    bias = sum(4 * layer.num_heads * (layer.height * layer.width) ** 2 for layer in attention)
+    target = kc.export(model, tmp_path / "c1")
+    assert _bytes_under(target) < 1.1 * (4 * model.count_params() + bias)
+    x = images((1, 384, 384, 3))
+    out = tf.saved_model.load(target).signatures["serving_default"](images=tf.constant(x))
+    np.testing.assert_allclose(out["probabilities"].numpy(), model.predict(x, verbose=0), atol=1e-5)
 
 
 def test_client_example_builds_real_requests(tmp_path):

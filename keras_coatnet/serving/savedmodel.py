@@ -120,11 +120,18 @@ def write_saved_model(
     softmax = outputs == "probabilities" and activation in ("linear", None)
 
     def predict(images):
-        tf.debugging.assert_equal(
-            tf.shape(images)[1:],
-            tf.constant([height, width, 3]),
-            message=f"images must be float32 [batch, {height}, {width}, 3] pixels in 0..255",
-        )
+        expected = f"images must be float32 [batch, {height}, {width}, 3] pixels in 0..255"
+        checks = [
+            tf.debugging.assert_equal(
+                tf.shape(images)[1:], tf.constant([height, width, 3]), message=expected
+            ),
+            tf.debugging.assert_greater(
+                tf.shape(images)[0], 0, message=f"{expected}, with at least one image"
+            ),
+        ]
+        # Before the model: otherwise a kernel deep inside may fail first.
+        with tf.control_dependencies(checks):
+            images = tf.identity(images)
         scores = tf.cast(model(images, training=False), tf.float32)
         if softmax:
             scores = tf.nn.softmax(scores, axis=-1)
