@@ -197,11 +197,8 @@ def load_timm_state_dict(model, state_dict, windows=None) -> None:
             f"first {unused[0]!r}; is it the same architecture?"
         )
     targets = {id(v) for v, _ in plan.pairs}
-    missing = [
-        v.path
-        for v in model.weights
-        if id(v) not in targets and not v.path.endswith(("bias_cache", "cached_table"))
-    ]
+    # The bias caches are state, not weights: model.weights leaves them out.
+    missing = [v.path for v in model.weights if id(v) not in targets]
     if missing:
         raise ValueError(f"the timm state dict gives no value for {missing[0]!r}")
     for variable, value in plan.pairs:

@@ -108,6 +108,13 @@ def _check_parity(torch, name, size=None):
     got = keras.ops.convert_to_numpy(model(x, training=False))
     assert np.abs(want).max() > 0.1  # not trivially small
     np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE)
+    # Keras's count is timm's parameters plus its BatchNorm statistics (no bias cache).
+    statistics = sum(
+        b.numel()
+        for key, b in reference.named_buffers()
+        if key.endswith(("running_mean", "running_var"))
+    )
+    assert model.count_params() == sum(p.numel() for p in reference.parameters()) + statistics
     # Every stage, not only the logits.
     with torch.no_grad():
         stages = reference.forward_intermediates(
