@@ -127,6 +127,10 @@ def test_onnx_holds_each_bias_once_and_gathers_none(exported):
     stored = [dims for dims in initializers.values() if dims in shapes]
     # One stored bias per attention layer: not a copy per use, not a table.
     assert attention and sorted(stored) == sorted(shapes)
+    # Every GELU is in the form ONNX Runtime fuses: erf(x / sqrt 2), not erf(x * 0.707).
+    producer = {output: node for node in graph.node for output in node.output}
+    erfs = [node for node in graph.node if node.op_type == "Erf"]
+    assert erfs and all(producer[node.input[0]].op_type == "Div" for node in erfs)
     # Gathers that remain index shapes (the dynamic batch), never a stored table.
     for node in graph.node:
         if node.op_type == "Gather":

@@ -4,7 +4,8 @@ Each takes the tensor `serving_default` takes (`images`, float32
 `[batch, H, W, 3]`, pixels in 0..255, dynamic batch) and returns the
 scores (`probabilities` or `logits`) as one float32 `[batch, classes]`
 output. The model is traced inside `frozen_biases`, so each attention bias
-is a constant stored once, with no gather. Files are written beside the
+is a constant stored once, with no gather; an ONNX file then gets the GELU
+form ONNX Runtime fuses (`onnx_fusions`). Files are written beside the
 target under a temporary name and renamed when complete.
 """
 
@@ -61,6 +62,11 @@ def write_file(model, path, format: str, outputs: str = "probabilities") -> str:
             _scored(model, outputs, activation).export(
                 os.path.join(partial, name), format=format, verbose=False, input_signature=signature
             )
+        if format == "onnx":
+            # GELU in the form ONNX Runtime fuses (see onnx_fusions).
+            from keras_coatnet.serving.onnx_fusions import optimize
+
+            optimize(os.path.join(partial, name))
         # OpenVINO writes the weights (.bin) beside the graph (.xml): the
         # graph goes last, so a complete .xml always has its weights.
         written = sorted(os.listdir(partial), key=lambda f: f == name)
