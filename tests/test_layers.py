@@ -1,5 +1,7 @@
 """Layer contract (build, config round trip) and numerics against float64 references."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -274,3 +276,22 @@ def test_mbconv_widths_follow_expand_and_se_bases():
     # paper: 4 x output = 128 hidden, SE 0.25 x output = 8; rw: 4 x input = 64, SE 16
     assert paper.conv1.kernel.shape == (1, 1, 16, 128) and paper.se.reduce.kernel.shape[-1] == 8
     assert rw.conv1.kernel.shape == (1, 1, 16, 64) and rw.se.reduce.kernel.shape[-1] == 16
+
+
+def test_int8_quantization_applies_to_every_dense_layer():
+    from helpers import images, randomize, tiny_model
+
+    from keras_coatnet._keras_compat import walk_layers
+
+    model = tiny_model()
+    randomize(model)
+    x = images()
+    before = model.predict(x, verbose=0)
+    # Keras refuses a model with an unbuilt layer (a rate-0 DropPath was one),
+    # and warns for each layer it leaves alone.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
+        model.quantize("int8")
+    dense = [layer for layer in walk_layers(model) if isinstance(layer, keras.layers.Dense)]
+    assert dense and all(layer.quantization_mode == "int8" for layer in dense)
+    np.testing.assert_allclose(model.predict(x, verbose=0), before, atol=1e-2)

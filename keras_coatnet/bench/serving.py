@@ -42,6 +42,7 @@ REFERENCE = "timm_ort"
 EXPORTS = {  # our export each variant needs
     "ours_tf_function": None,
     "ours_xla": None,
+    "ours_int8": None,
     "ours_savedmodel": "savedmodel",
     "ours_ort": "onnx",
     "ours_ort_unfused": "onnx",

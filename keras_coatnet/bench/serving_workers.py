@@ -43,6 +43,8 @@ VARIANTS = {
     "timm_ov_bf16": ("openvino", "timm.onnx", "nchw", "bf16"),
     "ours_tf_function": ("tensorflow", "ours.keras", "pixels", "f32"),
     "ours_xla": ("tensorflow", "ours.keras", "pixels", "f32"),
+    # model.quantize("int8"): Keras quantizes the Dense layers (not the convolutions).
+    "ours_int8": ("tensorflow", "ours.keras", "pixels", "int8"),
     "ours_savedmodel": ("tensorflow", "ours_savedmodel", "pixels", "f32"),
     "ours_ort": ("onnxruntime", "ours.onnx", "pixels", "f32"),
     "ours_ort_unfused": ("onnxruntime", "ours_unfused.onnx", "pixels", "f32"),
@@ -271,6 +273,8 @@ def _tf_fn(variant, path, cfg):
         signature = served.signatures["serving_default"]
         return lambda x: signature(images=tf.constant(x))["logits"].numpy(), versions
     model = keras.saving.load_model(path)
+    if variant == "ours_int8":
+        model.quantize("int8")
     fn = tf.function(lambda x: model(x, training=False), jit_compile=variant == "ours_xla")
     return lambda x: fn(tf.constant(x)).numpy(), versions
 

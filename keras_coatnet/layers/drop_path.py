@@ -30,6 +30,9 @@ class DropPath(keras.layers.Layer):
         self.rate = float(rate)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # No weights to build (as keras.layers.Dropout): a block that skips a
+        # rate-0 DropPath must not leave it unbuilt, or model.quantize refuses.
+        self.built = True
 
     def call(self, inputs, training=None):
         if not training or self.rate == 0.0:
