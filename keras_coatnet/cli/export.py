@@ -1,4 +1,4 @@
-"""`coatnet export`: a model for TF Serving, ONNX Runtime, LiteRT or OpenVINO (`keras_coatnet.export`)."""
+"""`coatnet export`: a model for TF Serving, ONNX Runtime, LiteRT or OpenVINO (`kc.export`)."""
 
 from __future__ import annotations
 
