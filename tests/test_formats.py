@@ -131,6 +131,11 @@ def test_onnx_holds_each_bias_once_and_gathers_none(exported):
     producer = {output: node for node in graph.node for output in node.output}
     erfs = [node for node in graph.node if node.op_type == "Erf"]
     assert erfs and all(producer[node.input[0]].op_type == "Div" for node in erfs)
+    # MBConv blocks run as convolutions only (1x1s included): no layout change
+    # around each depthwise convolution in ONNX Runtime.
+    for block in [layer.name for layer in model.layers if isinstance(layer, kc.layers.MBConvBlock)]:
+        ops = [node.op_type for node in graph.node if f"/{block}_" in node.name]
+        assert ops.count("Conv") >= 3 and "MatMul" not in ops, (block, ops)
     # Gathers that remain index shapes (the dynamic batch), never a stored table.
     for node in graph.node:
         if node.op_type == "Gather":

@@ -117,6 +117,7 @@ class MBConvBlock(keras.layers.Layer):
     """
 
     fold_batch_norm = True
+    pointwise_as_matmul = True
 
     def __init__(
         self,
@@ -285,10 +286,7 @@ class MBConvBlock(keras.layers.Layer):
             bias = ops.matmul(offset0[None, :], w1)[0] * scale1 + offset1
         if self.strides == 2 and self.stride_mode == "pool":
             x = pool2x2(x, "avg")
-        batch, height, width = ops.shape(x)[:3]
-        x = ops.matmul(ops.reshape(x, (-1, self.input_filters)), ops.cast(kernel, dtype))
-        x = self._act(ops.add(x, ops.cast(bias, dtype)))
-        x = ops.reshape(x, (batch, height, width, self.hidden_filters))
+        x = self._act(ops.add(self._pointwise(x, kernel), ops.cast(bias, dtype)))
         if self.dw_strides == 2 and self.padding == "symmetric":
             x = pad_symmetric(x)
         depthwise = float32(self.conv2.kernel)
@@ -302,12 +300,19 @@ class MBConvBlock(keras.layers.Layer):
         x = self._act(x)
         if not self.se_before_norm:
             x = self.se(x)
-        batch, height, width = ops.shape(x)[:3]
-        w3 = ops.reshape(float32(self.conv3.kernel), (self.hidden_filters, -1))
-        x = ops.matmul(ops.reshape(x, (-1, self.hidden_filters)), ops.cast(w3, dtype))
+        x = self._pointwise(x, ops.reshape(float32(self.conv3.kernel), (self.hidden_filters, -1)))
         if self.conv3.use_bias:
             x = ops.add(x, ops.cast(self.conv3.bias, dtype))
-        return ops.reshape(x, (batch, height, width, self.filters))
+        return x
+
+    def _pointwise(self, x, kernel):
+        """A 1x1 convolution by a `(in, out)` kernel: a 2-D matmul, or a convolution."""
+        kernel = ops.cast(kernel, self.compute_dtype)
+        if not self.pointwise_as_matmul:
+            return ops.conv(x, kernel[None, None], strides=1, padding="valid")
+        batch, height, width = ops.shape(x)[:3]
+        x = ops.matmul(ops.reshape(x, (-1, kernel.shape[0])), kernel)
+        return ops.reshape(x, (batch, height, width, kernel.shape[1]))
 
     def _depthwise(self, x, kernel):
         return ops.depthwise_conv(

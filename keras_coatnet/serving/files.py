@@ -4,13 +4,15 @@ Each takes the tensor `serving_default` takes (`images`, float32
 `[batch, H, W, 3]`, pixels in 0..255, dynamic batch) and returns the
 scores (`probabilities` or `logits`) as one float32 `[batch, classes]`
 output. The model is traced inside `frozen_biases`, so each attention bias
-is a constant stored once, with no gather; an ONNX file then gets the GELU
-form ONNX Runtime fuses (`onnx_fusions`). Files are written beside the
+is a constant stored once, with no gather. An ONNX graph is traced with the
+MBConv 1x1 convolutions as convolutions (`frozen.pointwise_convolutions`)
+and then gets the GELU form ONNX Runtime fuses (`onnx_fusions`). Files are written beside the
 target under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -18,7 +20,7 @@ import uuid
 import keras
 
 from keras_coatnet.serving import EXTENSIONS
-from keras_coatnet.serving.frozen import frozen_biases
+from keras_coatnet.serving.frozen import frozen_biases, pointwise_convolutions
 from keras_coatnet.serving.savedmodel import check_model
 
 
@@ -58,7 +60,8 @@ def write_file(model, path, format: str, outputs: str = "probabilities") -> str:
     os.makedirs(partial)
     signature = [tf.TensorSpec((None, height, width, 3), tf.float32, name="images")]
     try:
-        with frozen_biases(model):
+        layout = pointwise_convolutions(model) if format == "onnx" else contextlib.nullcontext()
+        with frozen_biases(model), layout:
             _scored(model, outputs, activation).export(
                 os.path.join(partial, name), format=format, verbose=False, input_signature=signature
             )

@@ -14,7 +14,7 @@ import contextlib
 from keras import ops
 
 from keras_coatnet._keras_compat import walk_layers
-from keras_coatnet.layers import RelativeAttention
+from keras_coatnet.layers import MBConvBlock, RelativeAttention
 
 
 @contextlib.contextmanager
@@ -39,3 +39,22 @@ def frozen_biases(model):
 
 def _reader(variable):
     return lambda: ops.convert_to_tensor(variable)
+
+
+@contextlib.contextmanager
+def pointwise_convolutions(model):
+    """Within the block, MBConv blocks run their folded 1x1 convolutions as convolutions.
+
+    TensorFlow runs them fastest as 2-D matmuls (the default). In an ONNX
+    graph a matmul between two convolutions forces a layout change around
+    each depthwise convolution; as convolutions, tf2onnx cancels the
+    transposes and ONNX Runtime keeps the whole block in its blocked layout.
+    """
+    blocks = [layer for layer in walk_layers(model) if isinstance(layer, MBConvBlock)]
+    try:
+        for block in blocks:
+            block.pointwise_as_matmul = False
+        yield blocks
+    finally:
+        for block in blocks:
+            del block.pointwise_as_matmul  # back to the class default
