@@ -83,6 +83,33 @@ class Placement:
         self.layouts.clear()
         self.layouts.update(layout_map(self.layouts.device_mesh, config, **build_kwargs))
 
+    def report(self, model) -> str | None:
+        """One line on how `model`'s weights landed on this process's devices (model-parallel).
+
+        Printed by the train command once the model is built; `None` (and
+        nothing printed) for other placements.
+        """
+        if self.layouts is None:
+            return None
+        total = split = 0
+        per_device = {}
+        for variable in model.weights:
+            value = variable.value
+            total += value.nbytes
+            if "model" in tuple(getattr(value.sharding, "spec", ())):
+                split += value.nbytes
+            for shard in value.addressable_shards:
+                device = shard.device.id
+                per_device[device] = per_device.get(device, 0) + shard.data.nbytes
+        batch, size = self.layouts.device_mesh.shape
+        most = max(per_device.values()) / total
+        line = (
+            f"model-parallel: mesh {batch} x {size} (batch x model), {split / total:.1%} of "
+            f"the weight bytes split on the model axis, at most {most:.1%} on one device"
+        )
+        print(line, flush=True)
+        return line
+
     def rows(self, global_batch: int) -> slice:
         """The rows of a global batch of `global_batch` that this process feeds.
 

@@ -179,6 +179,7 @@ def _train(run: RunConfig, placement) -> dict:
             metrics=["accuracy"],
             jit_compile=xla,
         )
+    placement.report(model)
     callbacks = [
         ResumableBackup(backup),
         keras.callbacks.TensorBoard(os.path.join(out, "logs")),
