@@ -156,8 +156,25 @@ def test_bad_arguments_fail_in_one_line(exported, tmp_path):
     assert not list(tmp_path.iterdir())
     with pytest.raises(ValueError, match="an existing .onnx, .tflite or .xml file"):
         load(tmp_path / "missing.onnx")
-    with pytest.raises(ValueError, match="OpenVINO"):
+    with pytest.raises(ValueError, match="needs OpenVINO"):
         load(paths["onnx"], precision="bf16")
+    with pytest.raises(ValueError, match="reads .onnx and .xml"):
+        load(paths["litert"], runtime="openvino")
+    with pytest.raises(ValueError, match="runtime must be"):
+        load(paths["onnx"], runtime="tensorrt")
+
+
+def test_onnx_runs_in_openvino_in_float32_and_bfloat16(exported):
+    model, paths = exported
+    x = images((2, 64, 64, 3), seed=4)
+    expected = _softmax(model.predict(x, verbose=0))
+    f32 = load(paths["onnx"], runtime="openvino")
+    assert f32.runtime == "openvino" and f32.format == "onnx"
+    np.testing.assert_allclose(f32(x), expected, atol=1e-4)
+    # bfloat16 (or float32 on a CPU without it): probabilities within 0.05.
+    np.testing.assert_allclose(
+        load(paths["onnx"], runtime="openvino", precision="bf16")(x), expected, atol=0.05
+    )
 
 
 def test_an_interrupted_export_leaves_no_file(tmp_path, monkeypatch):

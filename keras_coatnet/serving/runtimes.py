@@ -21,6 +21,7 @@ import numpy as np
 from keras_coatnet.serving import OUTPUTS, SIGNATURE_IMAGES
 
 PRECISIONS = ("f32", "bf16")
+RUNTIMES = (None, "openvino")
 _PACKAGES = {"onnx": "onnxruntime", "litert": "ai-edge-litert", "openvino": "openvino"}
 
 
@@ -65,19 +66,30 @@ class ExportedModel:
 
     Attributes:
         format: `"tf_saved_model"`, `"onnx"`, `"litert"` or `"openvino"`.
+        runtime: The runtime it runs in (the format's, or `"openvino"`).
         image_size: `(H, W)` the export takes.
     """
 
-    def __init__(self, path, threads: int | None = None, precision: str = "f32"):
+    def __init__(
+        self, path, threads: int | None = None, precision: str = "f32", runtime: str | None = None
+    ):
         path = os.fspath(path)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, received: {precision!r}")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be None or 'openvino', received: {runtime!r}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive int or None, received: {threads!r}")
         self.format = _format_of(path)
-        if precision != "f32" and self.format != "openvino":
-            raise ValueError(f"precision={precision!r} is offered for OpenVINO (.xml) only")
-        self._run, shape = getattr(self, f"_load_{self.format}")(path, threads, precision)
+        if runtime == "openvino" and self.format not in ("onnx", "openvino"):
+            raise ValueError(f"runtime='openvino' reads .onnx and .xml files, received: {path!r}")
+        self.runtime = "openvino" if runtime == "openvino" else self.format
+        if precision != "f32" and self.runtime != "openvino":
+            raise ValueError(
+                f"precision={precision!r} needs OpenVINO: an .xml file, or an .onnx file "
+                "with runtime='openvino'"
+            )
+        self._run, shape = getattr(self, f"_load_{self.runtime}")(path, threads, precision)
         self.image_size = tuple(int(side) for side in shape[1:3])
 
     def __call__(self, images) -> np.ndarray:
@@ -130,7 +142,9 @@ class ExportedModel:
         return lambda images: request.infer(images)[0], [None, *(d.get_length() for d in shape[1:])]
 
 
-def load(path, threads: int | None = None, precision: str = "f32") -> ExportedModel:
+def load(
+    path, threads: int | None = None, precision: str = "f32", runtime: str | None = None
+) -> ExportedModel:
     """Load an export written by `keras_coatnet.export` in its own runtime.
 
     Args:
@@ -140,8 +154,11 @@ def load(path, threads: int | None = None, precision: str = "f32") -> ExportedMo
         precision: OpenVINO's inference precision: `"f32"` (default; pinned,
             since OpenVINO otherwise runs bfloat16 on CPUs that have it) or
             `"bf16"`.
+        runtime: `None` (the format's own) or `"openvino"`, to run an
+            `.onnx` file in OpenVINO: our fastest CPU path in bfloat16
+            (docs/BENCHMARKS.md, "CPU serving").
 
     Returns:
         An `ExportedModel`: call it on float32 `[batch, H, W, 3]` pixels.
     """
-    return ExportedModel(path, threads=threads, precision=precision)
+    return ExportedModel(path, threads=threads, precision=precision, runtime=runtime)
