@@ -131,6 +131,12 @@ def test_onnx_holds_each_bias_once_and_gathers_none(exported):
     producer = {output: node for node in graph.node for output in node.output}
     erfs = [node for node in graph.node if node.op_type == "Erf"]
     assert erfs and all(producer[node.input[0]].op_type == "Div" for node in erfs)
+    # LayerNorms over the channel axis are one node each (opset 17).
+    kinds = [node.op_type for node in graph.node]
+    transformers = [
+        layer for layer in model.layers if isinstance(layer, kc.layers.TransformerBlock)
+    ]
+    assert kinds.count("LayerNormalization") >= len(transformers), kinds.count("LayerNormalization")
     # MBConv blocks run as convolutions only (1x1s included): no layout change
     # around each depthwise convolution in ONNX Runtime.
     for block in [layer.name for layer in model.layers if isinstance(layer, kc.layers.MBConvBlock)]:

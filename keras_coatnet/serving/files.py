@@ -6,7 +6,8 @@ scores (`probabilities` or `logits`) as one float32 `[batch, classes]`
 output. The model is traced inside `frozen_biases`, so each attention bias
 is a constant stored once, with no gather. An ONNX graph is traced with the
 MBConv 1x1 convolutions as convolutions (`frozen.pointwise_convolutions`)
-and then gets the GELU form ONNX Runtime fuses (`onnx_fusions`). Files are written beside the
+and then gets the GELU form ONNX Runtime fuses and one node per LayerNorm
+(`onnx_fusions`). Files are written beside the
 target under a temporary name and renamed when complete.
 """
 
