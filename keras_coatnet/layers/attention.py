@@ -198,9 +198,14 @@ class RelativeAttention(keras.layers.Layer):
         bias = self.relative_bias(table)
         if not self.cache_bias:
             return keras.Variable(bias, trainable=False, name=f"{self.name}_bias")
-        self.bias_cache.assign(bias)
-        self.cached_table.assign(ops.copy(table))
+        self._store(bias, table)
         return self.bias_cache
+
+    def _store(self, bias, table):
+        """Fill the cache with `bias`, gathered from `table`."""
+        self.bias_cache.assign(bias)
+        # A copy: JAX donates variable buffers, and two variables must not share one.
+        self.cached_table.assign(ops.copy(table))
 
     def table(self):
         """The live `((2H-1)(2W-1), heads)` float32 table of w[i-j]."""
@@ -223,8 +228,7 @@ class RelativeAttention(keras.layers.Layer):
             # tf.cond runs one branch: no gather while the cache is fresh.
             def refresh():
                 bias = self.relative_bias(table)
-                self.bias_cache.assign(bias)
-                self.cached_table.assign(table)
+                self._store(bias, table)
                 return bias
 
             return ops.cond(fresh, lambda: ops.convert_to_tensor(self.bias_cache), refresh)
@@ -235,9 +239,7 @@ class RelativeAttention(keras.layers.Layer):
             lambda: ops.convert_to_tensor(self.bias_cache),
             lambda: self.relative_bias(table),
         )
-        self.bias_cache.assign(bias)
-        # A copy: JAX donates variable buffers, and two variables must not share one.
-        self.cached_table.assign(ops.copy(table))
+        self._store(bias, table)
         return bias
 
     def call(self, inputs, training=None):

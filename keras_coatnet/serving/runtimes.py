@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from keras_coatnet.serving import OUTPUTS, SIGNATURE_IMAGES
+from keras_coatnet.serving import EXTENSIONS, OUTPUTS, SIGNATURE_IMAGES
 
 PRECISIONS = ("f32", "bf16")
 RUNTIMES = (None, "openvino")
@@ -30,7 +30,7 @@ def _format_of(path: str) -> str:
         if not os.path.exists(os.path.join(path, "saved_model.pb")):
             raise ValueError(f"{path!r} is a directory without saved_model.pb (not a version)")
         return "tf_saved_model"
-    formats = {".onnx": "onnx", ".tflite": "litert", ".xml": "openvino"}
+    formats = {extension: format for format, extension in EXTENSIONS.items()}
     extension = os.path.splitext(path)[1]
     if extension not in formats or not os.path.isfile(path):
         raise ValueError(
