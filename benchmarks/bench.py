@@ -10,5 +10,6 @@ import os
 import sys
 
 if __name__ == "__main__":
-    # As `python -m keras_coatnet`, which starts without TensorFlow and turns its logging down.
-    os.execv(sys.executable, [sys.executable, "-m", "keras_coatnet", "bench", *sys.argv[1:]])
+    # As the `coatnet` command (`python -m keras_coatnet_cli`): it starts without
+    # TensorFlow and turns its logging down.
+    os.execv(sys.executable, [sys.executable, "-m", "keras_coatnet_cli", "bench", *sys.argv[1:]])

@@ -7,9 +7,10 @@ each entry also records a fingerprint of the config it was measured on.
 `tests/test_counts.py` checks every fingerprint against today's configs and
 builds a few small configs to compare their counts (every config under
 `-m slow`), so the table cannot drift from the configs or the builder.
-After changing a config, write it again:
+After changing a config, write it again from a checkout (the package only
+reads it):
 
-    python -c "from keras_coatnet import counts; counts.write()"
+    .venv/bin/python tools/write_counts.py
 """
 
 from __future__ import annotations
@@ -62,17 +63,3 @@ def measure(config) -> Counts:
         keras.config.set_dtype_policy(policy)
         keras.backend.clear_session()
     return Counts(counted.params, counted.macs, fingerprint(config))
-
-
-def write(path: str = PATH) -> None:
-    """Measure every config and write the table (sorted by name, atomically)."""
-    from keras_coatnet.configs import CONFIGS
-
-    table = {}
-    for name in sorted(CONFIGS):
-        table[name] = dataclasses.asdict(measure(CONFIGS[name]))
-    partial = f"{path}.partial"
-    with open(partial, "w", encoding="utf-8") as f:
-        json.dump(table, f, indent=1)
-        f.write("\n")
-    os.replace(partial, path)

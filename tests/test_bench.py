@@ -2,10 +2,12 @@
 
 The run is `coatnet bench --smoke` (coatnet_pico_rw_224 at 64x64, one
 round of each variant, the training step, both child processes). No
-assertion is about speed.
+assertion is about speed. Also the checkout's CPU serving comparison
+(`benchmarks/cpu_serving.py`, repository tooling outside the package).
 """
 
 import argparse
+import ast
 import importlib.util
 import io
 import json
@@ -17,6 +19,8 @@ import time
 
 import pytest
 
+import keras_coatnet
+from keras_coatnet import counts
 from keras_coatnet.bench import options as bench_options
 from keras_coatnet.bench import workers
 from keras_coatnet.bench.options import Case
@@ -24,6 +28,10 @@ from keras_coatnet.bench.report import OWN_PROCESS, add_rows
 from keras_coatnet.bench.timing import Ticker, log, summarize, timed_rounds
 from keras_coatnet.cli import _common
 from keras_coatnet.cli import bench as bench_cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = os.path.join(ROOT, "benchmarks")
+sys.path.insert(0, BENCHMARKS)  # cpu_serving and its sibling modules
 
 needs_timm = pytest.mark.skipif(
     importlib.util.find_spec("timm") is None or importlib.util.find_spec("torch") is None,
@@ -217,8 +225,48 @@ def test_ticker_draws_on_its_stream_and_log_lines_erase_it(capsys):
 
 def test_worker_command_line(capsys):
     assert workers.main(["nope", "{}"]) == 2
-    usage = "usage: python -m keras_coatnet.bench.workers {timm,export} CONFIG_JSON"
+    usage = (
+        """usage: python -c "import keras_coatnet_cli as c; """
+        """c.run_module('keras_coatnet.bench.workers')" {timm,export} CONFIG_JSON"""
+    )
     assert usage in capsys.readouterr().err
+
+
+def _writes(call: ast.Call) -> bool:
+    """Whether `call` writes: `open` in a w/a/x/+ mode, `os.replace/rename`, `.write_text`."""
+    func = call.func
+    name = getattr(func, "attr", getattr(func, "id", ""))
+    if name == "open":
+        modes = [k.value for k in call.keywords if k.arg == "mode"] + call.args[1:2]
+        return any(isinstance(m, ast.Constant) and set(str(m.value)) & set("wax+") for m in modes)
+    if name in ("replace", "rename"):
+        return isinstance(func, ast.Attribute) and getattr(func.value, "id", "") == "os"
+    return name in ("write_text", "write_bytes")
+
+
+def test_the_package_writes_nothing_into_its_install_or_docs():
+    """Tooling that writes docs/ or data tables lives in benchmarks/ and tools/.
+
+    A package module that finds files through its own `__file__` (the data
+    tables) only reads them.
+    """
+    for module in ("serving", "serving_workers", "serving_report"):
+        assert importlib.util.find_spec(f"keras_coatnet.bench.{module}") is None, module
+    assert not hasattr(counts, "write")
+    package = os.path.dirname(keras_coatnet.__file__)
+    located = []
+    for folder, _, files in os.walk(package):
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            if "__file__" not in text:
+                continue
+            located.append(os.path.relpath(path, package))
+            calls = [n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Call)]
+            writes = [n for n in calls if _writes(n)]
+            assert not writes, f"{path} writes at lines {[n.lineno for n in writes]}"
+    assert "counts.py" in located  # the check sees the table's reader
 
 
 # ----------------------------------------------------------------------------- processes
@@ -249,7 +297,7 @@ def test_timm_worker_runs_in_a_process_without_tensorflow():
 def test_smoke_run_times_every_variant_and_checks_parity(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "keras_coatnet", "bench", "--smoke"]
+        [sys.executable, "-m", "keras_coatnet_cli", "bench", "--smoke"]
         + ["--variants", "graph,savedmodel", "--json", str(out)],
         capture_output=True,
         text=True,
@@ -304,19 +352,22 @@ needs_runtimes = pytest.mark.skipif(
 
 
 def serving_settings(*argv):
-    from keras_coatnet.bench import serving
+    import cpu_serving
 
-    return serving.resolve(serving.parser().parse_args(list(argv)))
+    return cpu_serving.resolve(cpu_serving.parser().parse_args(list(argv)))
 
 
 def test_serving_flags_defaults_smoke_and_bad_values():
-    from keras_coatnet.bench import serving, serving_workers
+    import cpu_serving
+    import cpu_serving_workers
 
     full = serving_settings()
     assert full["cases"] == [Case("coatnet_0_224", 224, (1, 8)), Case("coatnet_1_224", 384, (1,))]
-    assert full["variants"] == list(serving_workers.VARIANTS) and full["threads"] == 2
+    assert full["variants"] == list(cpu_serving_workers.VARIANTS) and full["threads"] == 2
     assert (full["rounds"], full["min_calls"], full["tolerance"]) == (3, 5, 1e-4)
-    assert full["doc"].endswith(os.path.join("docs", "BENCHMARKS.md"))
+    # The checkout's docs, found next to benchmarks/ (not through the package).
+    assert full["doc"] == os.path.join(ROOT, "docs", "BENCHMARKS.md")
+    assert os.path.isfile(full["doc"])
     smoke = serving_settings("--smoke", "--variants", "timm_ort, ours_ort")
     assert smoke["cases"] == [Case("coatnet_pico_rw_224", 64, (1,))]
     assert (smoke["rounds"], smoke["doc"], smoke["variants"]) == (1, None, ["timm_ort", "ours_ort"])
@@ -328,11 +379,12 @@ def test_serving_flags_defaults_smoke_and_bad_values():
     ):
         with pytest.raises(ValueError, match=message):
             serving_settings(*argv)
-    assert serving.main(["--variants", "nope"]) == 2
+    assert cpu_serving.main(["--variants", "nope"]) == 2
 
 
 def test_serving_rows_are_medians_over_rounds_with_ratio_parity_and_limit(tmp_path):
-    from keras_coatnet.bench import serving, serving_report
+    import cpu_serving
+    import cpu_serving_report as serving_report
 
     settings = serving_settings("--smoke", "--variants", "timm_ort,ours_ort,ours_ov_bf16")
     runs = [
@@ -345,7 +397,7 @@ def test_serving_rows_are_medians_over_rounds_with_ratio_parity_and_limit(tmp_pa
         )
     ]  # fmt: skip
     infos = {"coatnet_pico_rw_224_64": {"macs": 10**9}}
-    rows = {r["variant"]: r for r in serving.summarize(runs, settings, infos, peak=100.0)}
+    rows = {r["variant"]: r for r in cpu_serving.summarize(runs, settings, infos, peak=100.0)}
     assert rows["timm_ort"]["images_per_s"] == 20.0 and rows["timm_ort"]["rounds"] == 3
     ours = rows["ours_ort"]
     assert ours["images_per_s"] == 24.0 and ours["ratio_vs_timm_ort"] == pytest.approx(1.2)
@@ -418,7 +470,7 @@ def test_gelu_rewrite_lets_onnx_runtime_fuse_it(tmp_path):
 def test_serving_smoke_runs_each_variant_in_its_own_process(tmp_path):
     out = tmp_path / "serving.json"
     result = subprocess.run(
-        [sys.executable, "-m", "keras_coatnet.bench.serving", "--smoke"]
+        [sys.executable, os.path.join(BENCHMARKS, "cpu_serving.py"), "--smoke"]
         + ["--variants", "timm_eager,timm_ort", "--json", str(out), "--workdir", str(tmp_path)],
         capture_output=True,
         text=True,
@@ -433,4 +485,5 @@ def test_serving_smoke_runs_each_variant_in_its_own_process(tmp_path):
     assert all(r["parity"] and r["max_abs_diff"] < 1e-4 for r in rows.values())
     pids = {r["pid"] for r in data["runs"]}
     assert len(pids) == 2 and os.getpid() not in pids  # one process per variant
+    assert not any(r["tensorflow_imported"] for r in data["runs"])  # torch, ONNX Runtime only
     assert "| coatnet_pico_rw_224 | 64 | 1 | timm_ort | f32 |" in result.stdout

@@ -1,9 +1,19 @@
-"""The counts table `coatnet models` prints equals what building each config gives."""
+"""The counts table `coatnet models` prints equals what building each config gives.
+
+The package reads the table; `tools/write_counts.py` (run from a checkout)
+writes it.
+"""
+
+import os
+import sys
 
 import pytest
 
 import keras_coatnet as kc
 from keras_coatnet import counts
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tools"))
+import write_counts  # noqa: E402
 
 TABLE = counts.load()
 # Built in the default suite (a few seconds each); every config under -m slow.
@@ -30,3 +40,11 @@ def test_a_changed_config_is_caught():
     assert counts.fingerprint(wider) != TABLE["coatnet-digits"].config
     measured, listed = counts.measure(wider), TABLE["coatnet-digits"]
     assert (measured.params, measured.macs) != (listed.params, listed.macs)
+
+
+def test_the_tool_writes_what_the_package_reads(tmp_path):
+    assert os.path.samefile(write_counts.PATH, counts.PATH)  # the checkout's own table
+    path = str(tmp_path / "model_counts.json")
+    write_counts.write(path, names=["coatnet-digits"])
+    assert counts.load(path) == {"coatnet-digits": TABLE["coatnet-digits"]}
+    assert not hasattr(counts, "write")  # the package writes nothing into itself

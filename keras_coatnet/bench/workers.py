@@ -1,15 +1,17 @@
 """The benchmark's child processes: timm timed alone, and the SavedModel export.
 
-    python -m keras_coatnet.bench.workers KIND CONFIG_JSON
+    python -c "import keras_coatnet_cli as c; c.run_module('keras_coatnet.bench.workers')" \
+        KIND CONFIG_JSON
 
 prints one JSON line (the last line of stdout). `run(kind, config)` starts
 one from the benchmark and reads it back.
 
 - `timm`: timm timed in a process that imports torch and timm only, the
   reference without TensorFlow's thread pools and allocator around it. Run
-  as `python -m keras_coatnet.bench.workers`, the package binds its names
-  lazily (as for the `coatnet` command), so importing this module and
-  `keras_coatnet._timm` imports no framework.
+  through the launcher `keras_coatnet_cli.run_module` (as above), the
+  package binds its names lazily (as for the `coatnet` command), so
+  importing this module and `keras_coatnet._timm` imports no framework;
+  `python -m keras_coatnet.bench.workers` would import Keras and its backend first.
 - `export`: exporting traces the model again and keeps several GiB of graphs
   alive in the process (about 7 GiB for CoAtNet-1 at 384): the child writes
   the SavedModel from the same timm weights and exits; the benchmark only
@@ -107,12 +109,14 @@ def export_savedmodel(cfg: dict) -> dict:
 
 WORKERS = {"timm": timm_alone, "export": export_savedmodel}
 MODULE = "keras_coatnet.bench.workers"
+# `python -m MODULE` with the package started lazily (see keras_coatnet_cli).
+LAUNCH = f"import keras_coatnet_cli as c; c.run_module({MODULE!r})"
 
 
 def run(kind: str, cfg: dict):
     """`(result, None)` of worker `kind` in a child process, or `(None, its stderr)`."""
     result = subprocess.run(
-        [sys.executable, "-m", MODULE, kind, json.dumps(cfg)],
+        [sys.executable, "-c", LAUNCH, kind, json.dumps(cfg)],
         capture_output=True,
         text=True,
         check=False,
@@ -127,7 +131,8 @@ def run(kind: str, cfg: dict):
 
 def main(argv) -> int:
     if len(argv) != 2 or argv[0] not in WORKERS:
-        print(f"usage: python -m {MODULE} {{{','.join(WORKERS)}}} CONFIG_JSON", file=sys.stderr)
+        usage = f'usage: python -c "{LAUNCH}" {{{",".join(WORKERS)}}} CONFIG_JSON'
+        print(usage, file=sys.stderr)
         return 2
     result = WORKERS[argv[0]](json.loads(argv[1]))
     print(json.dumps(result), flush=True)

@@ -1,12 +1,16 @@
 """The CPU serving benchmark's child processes: one per artifact build and per timed variant.
 
-    python -m keras_coatnet.bench.serving_workers KIND CONFIG_JSON
+    python benchmarks/cpu_serving_workers.py KIND CONFIG_JSON
 
 prints one JSON line (the last line of stdout). Each timed variant runs in a
 process of its own that imports only its runtime (torch, ONNX Runtime,
 OpenVINO, TensorFlow or LiteRT), sets its intra-op threads to `threads`,
 warms up, times calls on the case's fixed input and compares its logits with
-timm's eager logits (computed once, in `prep_timm`).
+timm's eager logits (computed once, in `prep_timm`). Run as a script, the
+process starts `keras_coatnet` lazily (`keras_coatnet_cli.start_lazily`, as
+the `coatnet` command does), so the package's helpers the timm workers use
+(`_timm.import_timm`, `bench.workers.timm_model`) import no TensorFlow;
+each result says whether TensorFlow was imported.
 
 - `prep_timm` (torch only): timm's model with random weights (seeded), its
   state dict, the input pixels, timm's normalized input and logits, and
@@ -55,7 +59,7 @@ VARIANTS = {
     "ours_onnx_ov_bf16": ("openvino", "ours.onnx", "pixels", "bf16"),
     "ours_litert": ("litert", "ours.tflite", "pixels", "f32"),
 }
-MODULE = "keras_coatnet.bench.serving_workers"
+SCRIPT = os.path.abspath(__file__)
 SEED = 0
 
 
@@ -73,7 +77,7 @@ def run(kind: str, cfg: dict, timeout: float | None = None):
     """`(result, None)` of worker `kind` in a child process, or `(None, the error)`."""
     try:
         result = subprocess.run(
-            [sys.executable, "-m", MODULE, kind, json.dumps(cfg)],
+            [sys.executable, SCRIPT, kind, json.dumps(cfg)],
             capture_output=True,
             text=True,
             check=False,
@@ -350,6 +354,7 @@ def time_variant(variant: str, cfg: dict) -> dict:
         "top1_agreement": float(np.mean(out.argmax(-1) == reference.argmax(-1))),
         "versions": versions,
         "pid": os.getpid(),
+        "tensorflow_imported": "tensorflow" in sys.modules,
     }
 
 
@@ -365,7 +370,8 @@ WORKERS = {"prep_timm": prep_timm, "prep_ours": prep_ours, "sgemm": sgemm}
 def main(argv) -> int:
     kinds = [*WORKERS, *VARIANTS]
     if len(argv) != 2 or argv[0] not in kinds:
-        print(f"usage: python -m {MODULE} {{{','.join(kinds)}}} CONFIG_JSON", file=sys.stderr)
+        usage = f"usage: python benchmarks/cpu_serving_workers.py {{{','.join(kinds)}}} CONFIG_JSON"
+        print(usage, file=sys.stderr)
         return 2
     kind, cfg = argv[0], json.loads(argv[1])
     result = WORKERS[kind](cfg) if kind in WORKERS else time_variant(kind, cfg)
@@ -374,4 +380,7 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
+    import keras_coatnet_cli
+
+    keras_coatnet_cli.start_lazily()  # before the first `import keras_coatnet`
     sys.exit(main(sys.argv[1:]))
