@@ -10,6 +10,7 @@ import os
 import sys
 
 if __name__ == "__main__":
-    # As `python -m keras_coatnet train`: the flags are checked before TensorFlow starts,
+    # As `coatnet train` (`python -m keras_coatnet_cli train`): the flags are checked
+    # before TensorFlow starts,
     # and its start-up logging is turned down.
-    os.execv(sys.executable, [sys.executable, "-m", "keras_coatnet", "train", *sys.argv[1:]])
+    os.execv(sys.executable, [sys.executable, "-m", "keras_coatnet_cli", "train", *sys.argv[1:]])

@@ -4,15 +4,15 @@ import keras_coatnet
 model = keras_coatnet.CoAtNet1(weights=None, input_shape=(384, 384, 3))
 
 `import keras_coatnet` imports Keras and registers every layer, so a saved
-`.keras` file loads right after it. The one exception is the package's own
-programs starting up (`coatnet ...`, `python -m keras_coatnet ...`, the
-benchmark's workers): `coatnet --help`, `models` and argument errors must not
-wait for TensorFlow, so the package then resolves its names on first use
-(PEP 562), and each command imports what it needs.
+`.keras` file loads right after it, whatever the process is called. The one
+switch is the package's own launcher, `keras_coatnet_cli` (the `coatnet`
+console script and the benchmark's workers): `coatnet --help`, `models` and
+argument errors must not wait for TensorFlow, so the launcher asks, before
+the package is imported, for names resolved on first use (PEP 562), and each
+command imports what it needs.
 """
 
 import importlib
-import os
 import sys
 
 __version__ = "0.1.0"
@@ -41,7 +41,7 @@ _API = {
     "decode_predictions": "keras_coatnet.imagenet_utils",
     "preprocess_input": "keras_coatnet.imagenet_utils",
     "prepare_image": "keras_coatnet.preprocessing",
-    "load_weights": "keras_coatnet.loading",
+    "load_weights": "keras_coatnet.weights.keras_file",
     "resize_relative_table": "keras_coatnet.resize",
     "list_pretrained": "keras_coatnet.weights",
 }
@@ -66,31 +66,12 @@ def __dir__():
     return sorted(set(globals()) | set(_API) | set(_SUBMODULES))
 
 
-def _command_line_starting() -> bool:
-    """Whether this process is one of the package's own programs, importing it.
-
-    The console script runs with `sys.argv[0]` naming it (`.../bin/coatnet`,
-    `coatnet.exe`, `coatnet-script.py`); `python -m keras_coatnet` (the same
-    command), `python -m keras_coatnet.bench.workers` (the benchmark's
-    child processes, which must time timm without TensorFlow) and the CPU
-    serving benchmark's `keras_coatnet.bench.serving` and `.serving_workers`
-    (each runtime timed in a process without the others) show in
-    `sys.orig_argv`.
-    """
-    script = os.path.splitext(os.path.basename(sys.argv[0]))[0] if sys.argv else ""
-    if script in ("coatnet", "coatnet-script"):
-        return True
-    argv = list(getattr(sys, "orig_argv", ()))
-    module = argv[argv.index("-m") + 1 :][:1] if "-m" in argv else []
-    return module in (
-        ["keras_coatnet"],
-        ["keras_coatnet.bench.workers"],
-        ["keras_coatnet.bench.serving"],
-        ["keras_coatnet.bench.serving_workers"],
-    )
+def _starting_lazily() -> bool:
+    """Whether the package's own launcher (`keras_coatnet_cli`) asked for a lazy start."""
+    return bool(getattr(sys.modules.get("keras_coatnet_cli"), "LAZY", False))
 
 
-if not _command_line_starting():
+if not _starting_lazily():
     for _name in (*_API, *_SUBMODULES):
         __getattr__(_name)  # every layer registered, every name bound now
     del _name

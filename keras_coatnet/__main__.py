@@ -1,4 +1,9 @@
-"""`python -m keras_coatnet`: the `coatnet` command."""
+"""`python -m keras_coatnet`: the `coatnet` command.
+
+Python imports the package before this module, and `import keras_coatnet`
+binds every name (Keras, TensorFlow) first; `python -m keras_coatnet_cli`,
+like the `coatnet` console script, starts the same command lazily.
+"""
 
 import sys
 

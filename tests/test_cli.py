@@ -1,6 +1,8 @@
 """The `coatnet` command: every subcommand in a subprocess, on coatnet-digits at 64x64 or less.
 
-Success paths run one `python -m keras_coatnet ...` process each. The help
+Success paths run one `python -m keras_coatnet_cli ...` process each (the
+launcher of the `coatnet` console script, which starts the package lazily; `python
+-m keras_coatnet` is the same command after an eager `import keras_coatnet`). The help
 texts and the error paths (one line on stderr, exit status) run together in
 one process that calls `keras_coatnet.cli.main` once per command line, which
 saves a TensorFlow import per case; two of them also run as processes of
@@ -31,9 +33,9 @@ needs_matplotlib = pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="the plot extr
 
 
 def coatnet(*args, env=None, timeout=300):
-    """Run `python -m keras_coatnet ARGS`."""
+    """Run `python -m keras_coatnet_cli ARGS`, the same as `coatnet ARGS`."""
     result = subprocess.run(
-        [sys.executable, "-m", "keras_coatnet", *map(str, args)],
+        [sys.executable, "-m", "keras_coatnet_cli", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -82,6 +84,24 @@ def test_module_help_lists_every_subcommand():
     out = ok(coatnet("--help"))
     for name in SUBCOMMANDS:
         assert re.search(rf"^\s+{name}\s", out, re.M), name
+
+
+def test_python_m_keras_coatnet_is_the_same_command():
+    """`python -m keras_coatnet` still runs it, after the package's eager import.
+
+    That import starts TensorFlow before the command can turn its logging
+    down, so only stdout is compared.
+    """
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_coatnet", "--version"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=ENV,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == f"coatnet {kc.__version__}"
 
 
 def test_console_script_is_installed_and_runs():

@@ -300,7 +300,7 @@ def test_export_command_writes_a_version(tmp_path):
         [
             sys.executable,
             "-m",
-            "keras_coatnet",
+            "keras_coatnet_cli",
             "export",
             "coatnet-digits",
             "--classes",
@@ -314,7 +314,15 @@ def test_export_command_writes_a_version(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "digits" / "1" / "saved_model.pb").is_file()
     bad = subprocess.run(
-        [sys.executable, "-m", "keras_coatnet", "export", "coatnet-99", "--output", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "keras_coatnet_cli",
+            "export",
+            "coatnet-99",
+            "--output",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
     )

@@ -201,7 +201,7 @@ def test_an_interrupted_export_leaves_no_file(tmp_path, monkeypatch):
 
 def test_export_command_writes_each_format(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "keras_coatnet", "export", "coatnet-digits", "--classes", "10"]
+        [sys.executable, "-m", "keras_coatnet_cli", "export", "coatnet-digits", "--classes", "10"]
         + ["--format", "onnx", "--output", str(tmp_path / "digits")],
         capture_output=True,
         text=True,
@@ -210,7 +210,7 @@ def test_export_command_writes_each_format(tmp_path):
     assert out.stdout.strip() == f"wrote {tmp_path / 'digits.onnx'}"
     assert load(tmp_path / "digits.onnx")(images((1, 64, 64, 3))).shape == (1, 10)
     bad = subprocess.run(
-        [sys.executable, "-m", "keras_coatnet", "export", "coatnet-digits", "--format", "onnx"]
+        [sys.executable, "-m", "keras_coatnet_cli", "export", "coatnet-digits", "--format", "onnx"]
         + ["--top-k", "3", "--output", str(tmp_path / "x")],
         capture_output=True,
         text=True,

@@ -8,5 +8,6 @@ import os
 import sys
 
 if __name__ == "__main__":
-    # As `python -m keras_coatnet`, which starts without TensorFlow and turns its logging down.
-    os.execv(sys.executable, [sys.executable, "-m", "keras_coatnet", "convert", *sys.argv[1:]])
+    # As the `coatnet` command (`python -m keras_coatnet_cli`): it starts without
+    # TensorFlow and turns its logging down.
+    os.execv(sys.executable, [sys.executable, "-m", "keras_coatnet_cli", "convert", *sys.argv[1:]])

@@ -1,4 +1,4 @@
-"""The `coatnet` command (also `python -m keras_coatnet`).
+"""The `coatnet` command (also `python -m keras_coatnet_cli`, or `python -m keras_coatnet`).
 
     coatnet models                          # every variant: layout, params, MACs, weights
     coatnet summary coatnet-0               # stage by stage: shapes, params, MACs

@@ -1,18 +1,19 @@
 """Serving: exports for TF Serving, ONNX, LiteRT and OpenVINO (`keras_coatnet.export`).
 
-The formats, signature and output names are the serving API; they live
-here, free of any framework, so the command line offers them without
-importing Keras. `export` (in `exporter.py`) and `load` (in `runtimes.py`, which
-runs an export in its own runtime) are imported on first use.
+The formats, signature and output names are the serving API; they live in
+`formats.py`, free of any framework, so the command line offers them without
+importing Keras, and are re-exported here. `export` (in `exporter.py`) and
+`load` (in `runtimes.py`, which runs an export in its own runtime) are
+imported on first use.
 """
 
-OUTPUTS = ("probabilities", "logits")
-SIGNATURE_IMAGES = "serving_default"
-SIGNATURE_BYTES = "serving_bytes"
-# The first is the default: the two-signature TF Serving SavedModel.
-FORMATS = ("tf_saved_model", "onnx", "litert", "openvino")
-# The file each one-file format writes (OpenVINO also writes a .bin beside it).
-EXTENSIONS = {"onnx": ".onnx", "litert": ".tflite", "openvino": ".xml"}
+from keras_coatnet.serving.formats import (
+    EXTENSIONS,
+    FORMATS,
+    OUTPUTS,
+    SIGNATURE_BYTES,
+    SIGNATURE_IMAGES,
+)
 
 __all__ = [
     "EXTENSIONS",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keras_coatnet.serving import FORMATS
+from keras_coatnet.serving.formats import FORMATS
 
 
 def export(

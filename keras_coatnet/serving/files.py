@@ -20,7 +20,7 @@ import uuid
 
 import keras
 
-from keras_coatnet.serving import EXTENSIONS
+from keras_coatnet.serving.formats import EXTENSIONS
 from keras_coatnet.serving.frozen import frozen_biases, pointwise_convolutions
 from keras_coatnet.serving.savedmodel import check_model
 

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from keras_coatnet.serving import EXTENSIONS, OUTPUTS, SIGNATURE_IMAGES
+from keras_coatnet.serving.formats import EXTENSIONS, OUTPUTS, SIGNATURE_IMAGES
 
 PRECISIONS = ("f32", "bf16")
 RUNTIMES = (None, "openvino")

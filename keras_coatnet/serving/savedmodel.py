@@ -37,7 +37,7 @@ import keras
 from keras_coatnet.naming import HEAD_LAYER
 from keras_coatnet.preprocessing import EvalSettings, eval_transform
 from keras_coatnet.preprocessing import eval_settings as model_eval_settings
-from keras_coatnet.serving import OUTPUTS, SIGNATURE_BYTES, SIGNATURE_IMAGES
+from keras_coatnet.serving.formats import OUTPUTS, SIGNATURE_BYTES, SIGNATURE_IMAGES
 from keras_coatnet.serving.frozen import frozen_biases
 
 

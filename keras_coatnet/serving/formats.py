@@ -1,0 +1,13 @@
+"""The serving API's names: export formats, their files, signatures and outputs.
+
+Plain data, free of any framework: the command line offers these without
+importing Keras, and every serving module reads them from here.
+"""
+
+OUTPUTS = ("probabilities", "logits")
+SIGNATURE_IMAGES = "serving_default"
+SIGNATURE_BYTES = "serving_bytes"
+# The first is the default: the two-signature TF Serving SavedModel.
+FORMATS = ("tf_saved_model", "onnx", "litert", "openvino")
+# The file each one-file format writes (OpenVINO also writes a .bin beside it).
+EXTENSIONS = {"onnx": ".onnx", "litert": ".tflite", "openvino": ".xml"}
