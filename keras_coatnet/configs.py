@@ -11,6 +11,7 @@ lists models without TensorFlow).
 from __future__ import annotations
 
 from keras_coatnet.coatnet_config import CoAtNetConfig, StageConfig
+from keras_coatnet.naming import model_key
 
 __all__ = ["CONFIGS", "CoAtNetConfig", "StageConfig", "get_config", "timm_names"]
 
@@ -298,11 +299,7 @@ CONFIGS.update(_PAPER_ROWS)
 CONFIGS.update(_TIMM_ROWS)
 
 
-def _normalize(name: str) -> str:
-    return name.lower().replace("_", "-")
-
-
-_BY_NORMALIZED = {_normalize(key): key for key in CONFIGS}
+_BY_KEY = {model_key(key): key for key in CONFIGS}
 
 
 def get_config(name: str) -> CoAtNetConfig:
@@ -311,7 +308,7 @@ def get_config(name: str) -> CoAtNetConfig:
     Raises:
         ValueError: For an unknown name; the message lists the known ones.
     """
-    key = _BY_NORMALIZED.get(_normalize(name)) if isinstance(name, str) else None
+    key = _BY_KEY.get(model_key(name)) if isinstance(name, str) else None
     if key is None:
         raise ValueError(f"Unknown CoAtNet variant {name!r}; choose one of {sorted(CONFIGS)}")
     return CONFIGS[key]

@@ -1,8 +1,11 @@
 """The public model API: `CoAtNet`, the CoAtNet-0..7 factories, `create_model`.
 
-The builder itself lives in `keras_coatnet.builder`; this module adds what
-is built on it: a factory per paper variant, timm-style `create_model` and
-`list_models`, and `stage_features` for dense tasks.
+`CoAtNet(config, weights=...)` reads top to bottom: resolve the weights to
+data (`keras_coatnet.weights.resolve`), build the one model
+(`keras_coatnet.network.build`), load the file into it
+(`keras_coatnet.weights.loader`). Around it: a factory per paper variant,
+timm-style `create_model` and `list_models`, and `stage_features` for dense
+tasks.
 """
 
 from __future__ import annotations
@@ -11,9 +14,13 @@ import fnmatch
 
 import keras
 
-from keras_coatnet.builder import CoAtNet
-from keras_coatnet.configs import CONFIGS, get_config
-from keras_coatnet.naming import parse_block_name
+from keras_coatnet import network
+from keras_coatnet import weights as weights_lib
+from keras_coatnet.configs import CONFIGS, CoAtNetConfig, get_config
+from keras_coatnet.naming import POOLING_LAYERS, STEM, parse_block_name
+from keras_coatnet.weights import loader
+
+POOLINGS = (None, *POOLING_LAYERS)
 
 __all__ = [
     "CoAtNet",
@@ -29,6 +36,131 @@ __all__ = [
     "list_models",
     "stage_features",
 ]
+
+
+def CoAtNet(
+    config: CoAtNetConfig,
+    include_top: bool = True,
+    weights: str | None = None,
+    input_tensor=None,
+    input_shape=None,
+    pooling: str | None = None,
+    classes: int | None = None,
+    classifier_activation="softmax",
+    include_preprocessing: bool = True,
+    drop_path_rate: float = 0.0,
+    cache_bias: bool = True,
+    sync_batchnorm: bool = False,
+    remat: bool = False,
+    name: str | None = None,
+) -> keras.Model:
+    """Build a CoAtNet from a `CoAtNetConfig`.
+
+    Args:
+        config: The architecture, e.g. `keras_coatnet.CONFIGS["coatnet-0"]`.
+        include_top: Include the classifier head (pool, LayerNorm, tanh
+            pre-logits, dense). Defaults to `True`.
+        weights: `None` (random initialization); `"imagenet"` (timm's
+            default tag of the architecture) or a tag such as `"sw_in1k"` /
+            `"coatnet_0_rw_224.sw_in1k"`, fetched from the Hugging Face Hub
+            and converted without torch (cached after the first load);
+            `"hf://owner/repo[@revision]"`, any timm-format CoAtNet
+            checkpoint on the Hub; or the path to a timm `model.safetensors`
+            or to a `.weights.h5` file of the same architecture. The whole
+            file is checked before anything is loaded; relative tables of
+            another image size are resized as timm does. See
+            `keras_coatnet.weights.resolve`. Defaults to `None`.
+        input_tensor: Optional Keras tensor to use as the image input.
+        input_shape: `(height, width, channels)`; height and width must be
+            static multiples of 32. Defaults to the variant's default size.
+        pooling: With `include_top=False`: `None` returns the S4 feature map,
+            `"avg"` or `"max"` a pooled vector.
+        classes: Number of classes of the head. Defaults to the weights'
+            head (11821 for timm's ImageNet-12k tags), else `1000`. Another
+            number with pretrained weights keeps their backbone under a
+            fresh head (fine-tuning).
+        classifier_activation: Activation of the last layer, or `None` for
+            logits. Defaults to `"softmax"`.
+        include_preprocessing: Include a layer that maps pixels in `[0, 255]`
+            to `(x / 255 - mean) / std`, with the mean and std of the
+            weights' checkpoint (else of the architecture); the layer also
+            keeps the checkpoint's evaluation settings
+            (`keras_coatnet.preprocessing.eval_settings`). Defaults to `True`.
+        drop_path_rate: Stochastic depth rate of the last block; earlier
+            blocks get linearly smaller rates. Defaults to `0.0`.
+        cache_bias: Cache each attention block's gathered relative bias for
+            inference. Defaults to `True`.
+        sync_batchnorm: All-reduce BatchNorm batch statistics across the
+            replicas of a distribution strategy, so that N replicas train
+            like one device on the global batch (TensorFlow backend).
+            Defaults to `False`.
+        remat: Rematerialize every block (MBConv and Transformer): a
+            training step keeps only each block's input for the backward
+            pass and runs the block forward again there, trading about one
+            more forward pass for the memory of the blocks' activations.
+            Weights, names and outputs are unchanged; the blocks' configs
+            record it. Defaults to `False`.
+        name: Model name. Defaults to the variant name.
+
+    Returns:
+        A `keras.Model`.
+
+    Raises:
+        ValueError: For a bad input shape, pooling, class count or weights
+            file (missing, or not fitting the model).
+
+    Reference:
+        Dai et al., "CoAtNet: Marrying Convolution and Attention for All
+        Data Sizes", NeurIPS 2021, arXiv 2106.04803.
+    """
+    if not isinstance(config, CoAtNetConfig):
+        raise ValueError(f"config must be a CoAtNetConfig, received: {config!r}")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), received: {drop_path_rate!r}")
+    if not isinstance(remat, bool):
+        raise ValueError(f"remat must be True or False, received: {remat!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, received: {pooling!r}")
+    # 1. The weights, resolved to data: a local file, its head, its settings.
+    resolved = weights_lib.resolve(weights, config)
+    classes = _classes(classes, resolved)
+    # 2. The one model.
+    preprocessing = None
+    if include_preprocessing:
+        settings = resolved.eval_settings if resolved is not None else None
+        preprocessing = {
+            "mean": settings.mean if settings else config.mean,
+            "std": settings.std if settings else config.std,
+            "eval_settings": settings,
+        }
+    model = network.build(
+        config,
+        include_top=include_top,
+        input_tensor=input_tensor,
+        input_shape=input_shape,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        preprocessing=preprocessing,
+        drop_path_rate=drop_path_rate,
+        cache_bias=cache_bias,
+        sync_batchnorm=sync_batchnorm,
+        remat=remat,
+        name=name,
+    )
+    # 3. The file, loaded into it (its head skipped when it does not fit).
+    if resolved is not None:
+        loader.load(model, resolved, include_top, classes, config.name)
+    return model
+
+
+def _classes(classes, resolved) -> int:
+    """The head's class count: `classes`, else the weights' head, else 1000."""
+    if classes is None:
+        return (resolved.classes if resolved is not None else None) or 1000
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        raise ValueError(f"classes must be None or a positive int, received: {classes!r}")
+    return classes
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -83,9 +215,9 @@ def stage_features(model: keras.Model) -> keras.Model:
         parsed = parse_block_name(layer.name)
         if parsed is not None:
             last_by_stage[parsed[0]] = layer
-    if "stem" not in names or not last_by_stage:
+    if STEM not in names or not last_by_stage:
         raise ValueError(f"model {model.name!r} is not a CoAtNet built by keras_coatnet")
-    outputs = {"S0": model.get_layer("stem").output}
+    outputs = {"S0": model.get_layer(STEM).output}
     # Group stages by output resolution; the last stage at a resolution wins.
     by_reduction = {}
     for s in sorted(last_by_stage):

@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from keras_coatnet.naming import PREPROCESSING
+
 CROP_MODES = ("center", "squash")
 INTERPOLATIONS = ("bicubic", "bilinear")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -160,7 +162,7 @@ def eval_settings(model, default: EvalSettings | None = None) -> EvalSettings | 
     layer, or weights of unknown origin).
     """
     try:
-        layer = model.get_layer("preprocessing")
+        layer = model.get_layer(PREPROCESSING)
     except ValueError:
         return default
     settings = getattr(layer, "eval_settings", None)

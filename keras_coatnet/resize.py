@@ -182,3 +182,37 @@ def resize_relative_table(table, old_size, new_size):
     denominator = (dy_left + dy_right)[:, None] * (dx_left + dx_right)[None, :]
     out = numerator / denominator[:, :, None]
     return out.reshape(dst[0] * dst[1], heads).astype(np.float32)
+
+
+def square_side(rows: int) -> int | None:
+    """Feature side `k` of a table with `(2k-1)^2` rows, `None` for any other count.
+
+    The one home of the square-source rule: a bare table (a state dict, a
+    `.weights.h5` file) does not say its window, so its source is taken as
+    square, as timm's checkpoint filter does.
+    """
+    side = (round(max(rows, 0) ** 0.5) + 1) // 2
+    return side if side >= 1 and (2 * side - 1) ** 2 == rows else None
+
+
+def resize_square_table(table, new_size, what: str):
+    """`table` from its square source window to `new_size` (timm's rule), or a clear error.
+
+    Args:
+        table: A saved `((2k-1)^2, heads)` table.
+        new_size: The feature-map size `(height, width)` to resize to.
+        what: The table's name for the message (a layer or timm key).
+
+    Raises:
+        ValueError: Naming `what` when the table is not 2-D with a square
+            source's row count.
+    """
+    table = np.asarray(table)
+    side = square_side(table.shape[0]) if table.ndim == 2 else None
+    if side is None:
+        raise ValueError(
+            f"{what}: the relative table has shape {table.shape}, which is not "
+            "((2k-1)^2, heads) for a square feature map; resize it with "
+            "keras_coatnet.resize_relative_table(table, old_size, new_size)"
+        )
+    return resize_relative_table(table, side, new_size)

@@ -105,10 +105,11 @@ def _captured_stderr():
 
 def closest(name: str, choices, n: int = 3) -> list[str]:
     """The `n` names of `choices` most like `name` (always some, however far)."""
-    key = name.lower().replace("_", "-")
+    from keras_coatnet.naming import model_key
+
+    key = model_key(name)
     scored = sorted(
-        choices,
-        key=lambda c: -difflib.SequenceMatcher(None, key, c.lower().replace("_", "-")).ratio(),
+        choices, key=lambda c: -difflib.SequenceMatcher(None, key, model_key(c)).ratio()
     )
     return scored[:n]
 

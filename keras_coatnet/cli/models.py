@@ -52,12 +52,13 @@ def register(subparsers, parents) -> None:
 
 def _matching(pattern: str) -> list[str]:
     from keras_coatnet.configs import CONFIGS
+    from keras_coatnet.naming import model_key
 
     pattern = pattern.lower()
     names = [n for n in sorted(CONFIGS) if fnmatch.fnmatchcase(n.lower(), pattern)]
     if not names:  # as get_config, let '-' and '_' stand for each other
-        pattern = pattern.replace("-", "_")
-        names = [n for n in sorted(CONFIGS) if fnmatch.fnmatch(n.replace("-", "_"), pattern)]
+        pattern = model_key(pattern)
+        names = [n for n in sorted(CONFIGS) if fnmatch.fnmatch(model_key(n), pattern)]
     if not names:
         raise CLIError(
             f"no model matches --filter {pattern!r}; the models: {', '.join(sorted(CONFIGS))}"
@@ -83,6 +84,7 @@ def _layout(config):
 def run_models(args):
     from keras_coatnet import counts
     from keras_coatnet.configs import CONFIGS
+    from keras_coatnet.naming import split_tag
     from keras_coatnet.weights import registry
 
     names = _matching(args.filter)
@@ -105,7 +107,7 @@ def run_models(args):
                 human(counted.params),
                 human(counted.macs, MAC_UNITS),
                 config.default_size,
-                ", ".join(t.split(".", 1)[1] for t in tags) or "-",
+                ", ".join(split_tag(t)[1] for t in tags) or "-",
             )
         )
     header = ("model", "family", "layout", "blocks S0..", "widths S0..")
@@ -158,11 +160,11 @@ def _pretrained_table(names) -> None:
 
 
 def _group(layer_name: str) -> str:
-    from keras_coatnet.naming import parse_block_name
+    from keras_coatnet.naming import INPUT, PREPROCESSING, STEM, parse_block_name
 
-    if layer_name in ("images", "preprocessing") or layer_name.startswith("input"):
+    if layer_name in (INPUT, PREPROCESSING) or layer_name.startswith("input"):
         return "input"
-    if layer_name == "stem":
+    if layer_name == STEM:
         return "stem"
     parsed = parse_block_name(layer_name)
     if parsed is not None:

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_coatnet.resize import resize_relative_table
+from keras_coatnet.resize import resize_square_table
 
 
 def relative_position_index(height, width):
@@ -33,19 +33,6 @@ def relative_log_coords(height, width):
     dw = np.arange(-(width - 1), width, dtype="float32")
     grid = np.stack(np.meshgrid(dh, dw, indexing="ij"), axis=-1).reshape(-1, 2)
     return (np.sign(grid) * np.log1p(np.abs(grid))).astype("float32")
-
-
-def _square_side(table, name):
-    """Feature side `k` of a saved `((2k-1)^2, heads)` table, or a clear error."""
-    rows = table.shape[0] if table.ndim == 2 else -1
-    side = (round(max(rows, 0) ** 0.5) + 1) // 2
-    if table.ndim != 2 or (2 * side - 1) ** 2 != rows:
-        raise ValueError(
-            f"Layer {name!r}: the saved relative table has shape {table.shape}, which is not "
-            "((2k-1)^2, heads) for a square feature map; resize it with "
-            "keras_coatnet.resize_relative_table(table, old_size, new_size)"
-        )
-    return side
 
 
 @keras.saving.register_keras_serializable(package="keras_coatnet")
@@ -305,9 +292,8 @@ class RelativeAttention(keras.layers.Layer):
             table = np.asarray(store["0"])
             if table.shape != tuple(self.relative_table.shape):
                 # Saved at another feature size: resize as timm does (square source).
-                table = resize_relative_table(
-                    table, _square_side(table, self.name), (self.height, self.width)
-                )
+                where = f"Layer {self.name!r}"
+                table = resize_square_table(table, (self.height, self.width), where)
             self.relative_table.assign(table)
         if self.cache_bias:
             self.cached_table.assign(ops.full(self.cached_table.shape, float("inf")))

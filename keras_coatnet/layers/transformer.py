@@ -13,6 +13,7 @@ from keras_coatnet.layers._common import (
 from keras_coatnet.layers.attention import RelativeAttention
 from keras_coatnet.layers.drop_path import DropPath
 from keras_coatnet.layers.layer_scale import LayerScale
+from keras_coatnet.naming import ATTENTION
 
 
 @keras.saving.register_keras_serializable(package="keras_coatnet")
@@ -130,7 +131,7 @@ class TransformerBlock(keras.layers.Layer):
             bias_type=relative_bias,
             mlp_dim=relative_mlp_dim,
             cache_bias=cache_bias,
-            name="attn",
+            name=ATTENTION,
             dtype=dt,
         )
         self.norm2 = make_norm("norm2")

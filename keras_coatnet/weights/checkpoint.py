@@ -1,28 +1,21 @@
-"""timm checkpoints (safetensors) read as NumPy and converted to a cached `.weights.h5`.
+"""timm checkpoints (safetensors) read as NumPy: their head, their tensors, pickles refused.
 
-No torch: `safetensors.numpy` reads the file, `keras_coatnet.convert`'s
-`load_timm_state_dict` maps timm's names onto a Keras model at the
-checkpoint's own image size, and the model's weights are saved once. The
-cache entry is keyed on the source file's SHA-256, the Hub revision where
-known and `CONVERTER_VERSION`, so an upstream re-upload or a converter fix
-never serves stale weights. Entries are written to temporary names and
-renamed into place, the weights file last: a failed or interrupted
-conversion leaves no entry.
+No torch: `safetensors.numpy` reads the file; `weights.timm_mapping` maps
+timm's names onto the model being built. Nothing is converted ahead or
+cached beside the Hub's own cache: mapping the safetensors again is faster
+than loading a converted `.weights.h5` was (docs/WEIGHTS.md has the figures).
 """
 
 from __future__ import annotations
-
-import json
-import os
-import uuid
 
 import numpy as np
 
 from keras_coatnet._errors import first_line
 
-# Bump whenever keras_coatnet.convert maps a tensor differently: old cache
-# entries are then ignored.
-CONVERTER_VERSION = 1
+# The version of the timm name mapping. It keyed the converted-weights cache
+# that earlier releases kept under `$KERAS_HOME/keras_coatnet/converted`; that
+# cache is no longer read or written (its entries are ignored).
+CONVERTER_VERSION = 2
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl")
 HEAD_KEY = "head.fc.weight"
 _SAFE_SAVE = (
@@ -76,69 +69,28 @@ def head_classes(state: dict, name: str) -> int:
     return int(state[HEAD_KEY].shape[0])
 
 
-def cache_root() -> str:
-    """`$KERAS_HOME/keras_coatnet/converted` (read now), else `~/.keras/...`."""
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return os.path.join(os.path.expanduser(home), "keras_coatnet", "converted")
-
-
-def entry_name(label: str, sha256: str, revision: str | None) -> str:
-    """The cache entry's base name: source label, content hash, revision, converter."""
-    label = "".join(c if c.isalnum() or c in "._-" else "-" for c in label)
-    return f"{label}-{sha256[:16]}-{(revision or 'local')[:12]}-c{CONVERTER_VERSION}"
-
-
-def cached(name: str) -> tuple[str, dict] | None:
-    """`(weights path, metadata)` of a complete cache entry, or `None`."""
-    base = os.path.join(cache_root(), name)
-    path = base + ".weights.h5"
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(base + ".json", encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return path, meta
-
-
-def convert(state: dict, config, image_size: int, name: str, meta: dict, source: str) -> str:
-    """Convert `state` for `config` at `image_size`, store it as cache entry `name`.
-
-    Returns:
-        The path of the converted `.weights.h5` file.
+def head_classes_of_file(path: str, name: str | None = None) -> int:
+    """Classes of a timm safetensors checkpoint's head, read from its header alone.
 
     Raises:
-        ValueError: If the checkpoint does not fit the architecture (the
-            first missing, left-over or mis-shaped tensor is named); nothing
-            is written then.
+        ValueError: For a pickle, a file that is not safetensors, or one
+            without a classifier head (named).
     """
-    from keras_coatnet.convert import load_timm_state_dict
-    from keras_coatnet.model import CoAtNet
+    from safetensors import SafetensorError, safe_open
 
-    classes = head_classes(state, source)
-    model = CoAtNet(
-        config,
-        input_shape=(image_size, image_size, 3),
-        classes=classes,
-        classifier_activation=None,
-    )
+    name = name or repr(path)
+    if _is_pickle(path):
+        raise ValueError(pickle_refusal(name))
     try:
-        load_timm_state_dict(model, state)
-    except ValueError as error:
-        raise ValueError(f"{source} does not fit {config.name}: {error}") from None
-    root = cache_root()
-    os.makedirs(root, exist_ok=True)
-    base = os.path.join(root, name)
-    tmp = os.path.join(root, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        model.save_weights(tmp + ".weights.h5")
-        with open(tmp + ".json", "w", encoding="utf-8") as f:
-            json.dump({**meta, "classes": classes, "converter": CONVERTER_VERSION}, f, indent=1)
-        os.replace(tmp + ".json", base + ".json")
-        os.replace(tmp + ".weights.h5", base + ".weights.h5")  # last: marks the entry complete
-    finally:
-        for suffix in (".weights.h5", ".json"):
-            if os.path.exists(tmp + suffix):
-                os.remove(tmp + suffix)
-    return base + ".weights.h5"
+        with safe_open(path, framework="numpy") as f:
+            shape = f.get_slice(HEAD_KEY).get_shape() if HEAD_KEY in f.keys() else None
+    except (SafetensorError, OSError, ValueError, TypeError) as error:
+        raise ValueError(
+            f"{name} is not a readable safetensors file: {first_line(error)}"
+        ) from None
+    if shape is None or len(shape) != 2:
+        raise ValueError(
+            f"{name} has no {HEAD_KEY!r} tensor: not a timm CoAtNet checkpoint with a "
+            "classifier head"
+        )
+    return int(shape[0])

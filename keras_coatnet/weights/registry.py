@@ -24,6 +24,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass
 
+from keras_coatnet.naming import model_key, split_tag
 from keras_coatnet.preprocessing import IMAGENET_MEAN, IMAGENET_STD, EvalSettings
 
 IMAGENET = "imagenet"
@@ -65,7 +66,7 @@ class WeightsEntry:
     @property
     def model(self) -> str:
         """The architecture, the part of `tag` before the dot."""
-        return self.tag.split(".")[0]
+        return split_tag(self.tag)[0]
 
     @property
     def repo_id(self) -> str:
@@ -102,11 +103,6 @@ _ENTRIES = (
     WeightsEntry("coatnet_rmlp_2_rw_224.sw_in12k", **_IN12K),
 )
 REGISTRY: dict[str, WeightsEntry] = {entry.tag: entry for entry in _ENTRIES}
-
-
-def model_key(model: str) -> str:
-    """`"CoAtNet-0-rw-224"` and `"coatnet_0_rw_224"` name the same model."""
-    return model.lower().replace("-", "_")
 
 
 def list_pretrained(model: str | None = None) -> list[WeightsEntry]:
@@ -158,9 +154,9 @@ def closest_tags(model: str) -> list[str]:
     timm variants.
     """
     key = model_key(model)
-    digits = [part for part in key.replace("-", "_").split("_") if part.isdigit()]
+    digits = [part for part in key.split("_") if part.isdigit()]
     if digits and digits[0] not in ("224", "384"):
-        near = [tag for tag in REGISTRY if f"_{digits[0]}_" in tag.split(".")[0] + "_"]
+        near = [tag for tag in REGISTRY if f"_{digits[0]}_" in split_tag(tag)[0] + "_"]
         if near:
             return near
     return [tag for tag in REGISTRY if tag.startswith(("coatnet_3_", "coatnet_rmlp_2_"))]

@@ -1,9 +1,11 @@
-"""`weights=`, resolved once: a local `.weights.h5` file and what is known about it.
+"""`weights=`, resolved once to data: a local file and what is known about it.
 
 Every form of the argument goes through `resolve()`, which returns one
-`ResolvedWeights`: the file to load, its layer structure (read once), the
-classes of its head, and the evaluation settings of its checkpoint. The
-builder then builds once and loads once.
+`ResolvedWeights`: the file to load (a timm `model.safetensors` or a Keras
+`.weights.h5`), its format, the classes of its head, and the evaluation
+settings and image size of its checkpoint. Nothing here builds a model:
+`keras_coatnet.CoAtNet` builds the one model and `weights.loader` loads the
+file into it.
 
     None                          random initialisation
     "imagenet"                    the model's default timm tag
@@ -22,8 +24,9 @@ from dataclasses import dataclass
 
 from keras_coatnet._errors import first_line
 from keras_coatnet.configs import CONFIGS, timm_names
+from keras_coatnet.naming import model_key, split_tag
 from keras_coatnet.preprocessing import EvalSettings
-from keras_coatnet.weights import checkpoint, hub
+from keras_coatnet.weights import checkpoint, hub, keras_file
 from keras_coatnet.weights.registry import (
     CHECKPOINT_FILE,
     IMAGENET,
@@ -31,7 +34,6 @@ from keras_coatnet.weights.registry import (
     closest_tags,
     default_tag,
     list_weights,
-    model_key,
 )
 
 HF_PREFIX = "hf://"
@@ -44,9 +46,11 @@ class ResolvedWeights:
     """A `weights=` argument resolved to a local file.
 
     Attributes:
-        path: The `.weights.h5` file to load.
+        path: The file to load: a `.weights.h5` file (`format="keras"`) or a
+            timm `model.safetensors` (`format="timm"`).
         source: What the user asked for, for messages (a tag, `hf://...`, a path).
-        structure: `loading.file_structure(path)`, read once.
+        structure: `keras_file.file_structure(path)`, read once (Keras files;
+            `None` for timm checkpoints).
         classes: Classes of the file's head, `None` without a head.
         eval_settings: The checkpoint's evaluation settings, `None` if unknown
             (a `.weights.h5` file carries none).
@@ -60,6 +64,7 @@ class ResolvedWeights:
     classes: int | None
     eval_settings: EvalSettings | None = None
     image_size: int | None = None
+    format: str = "keras"
 
 
 def resolve(weights, config) -> ResolvedWeights | None:
@@ -113,11 +118,9 @@ def _from_file(path: str, config) -> ResolvedWeights:
     return _keras_file(path, source=repr(path))
 
 
-def _keras_file(path, source, eval_settings=None, image_size=None) -> ResolvedWeights:
-    from keras_coatnet import loading  # imports Keras; `keras_coatnet.weights` does not
-
+def _keras_file(path, source) -> ResolvedWeights:
     try:
-        structure = loading.file_structure(path)
+        structure = keras_file.file_structure(path)
     except OSError as error:
         raise ValueError(
             f"weights file {path!r} is not a readable .weights.h5 (HDF5) file: {first_line(error)}"
@@ -126,9 +129,19 @@ def _keras_file(path, source, eval_settings=None, image_size=None) -> ResolvedWe
         path=path,
         source=source,
         structure=structure,
-        classes=loading.structure_classes(structure),
-        eval_settings=eval_settings,
-        image_size=image_size,
+        classes=keras_file.structure_classes(structure),
+    )
+
+
+def _timm_file(path, source, settings, size) -> ResolvedWeights:
+    return ResolvedWeights(
+        path=path,
+        source=source,
+        structure=None,
+        classes=checkpoint.head_classes_of_file(path, source),
+        eval_settings=settings,
+        image_size=size,
+        format="timm",
     )
 
 
@@ -139,9 +152,7 @@ def _from_local_checkpoint(path: str, config) -> ResolvedWeights:
     config_path = os.path.join(os.path.dirname(os.path.abspath(path)), CONFIG_FILE)
     if os.path.isfile(config_path):
         settings, size = _timm_config(config_path, config, f"{config_path!r}")
-    sha256 = hub.sha256_of(path)
-    label = os.path.basename(os.path.dirname(os.path.abspath(path))) or "local"
-    return _converted(path, sha256, None, label, config, settings, size, name)
+    return _timm_file(path, name, settings, size)
 
 
 def _default_settings(config):
@@ -163,7 +174,7 @@ def _from_tag(value: str, config) -> ResolvedWeights:
             f"no pretrained weights exist for {config.name!r} (weights={value!r}): timm "
             f"publishes weights only for its own variants; the closest: "
             f"{', '.join(closest_tags(config.name))} (e.g. "
-            f"keras_coatnet.create_model({closest_tags(config.name)[0].split('.')[0]!r}, "
+            f"keras_coatnet.create_model({split_tag(closest_tags(config.name)[0])[0]!r}, "
             "weights='imagenet'))"
         )
     if value == IMAGENET:
@@ -176,7 +187,7 @@ def _from_tag(value: str, config) -> ResolvedWeights:
     else:
         tag = value if value in REGISTRY else f"{key}.{value}"
         if tag not in REGISTRY:
-            short = [t.split(".", 1)[1] for t in tags]
+            short = [split_tag(t)[1] for t in tags]
             close = difflib.get_close_matches(value, short + list(REGISTRY), n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}? " if close else ""
             raise ValueError(
@@ -216,35 +227,8 @@ def _from_hub(repo_id, revision, config, settings, size, source) -> ResolvedWeig
                 checkpoint.pickle_refusal(f"{source} ({repo_id}/{PICKLE_FILE}, no safetensors)")
             ) from None
         raise
-    name = f"{source} ({file.url})"
-    label = repo_id.replace("/", "--")
-    if file.sha256 is None:  # not an LFS file: check it now, hash it for the cache key
-        sha256, verify = hub.sha256_of(hub.verify(file).path), None
-    else:  # checked before a conversion reads it; a cache hit does not read the bytes
-        sha256, verify = file.sha256, lambda: hub.verify(file)
-    return _converted(file.path, sha256, file.commit, label, config, settings, size, name, verify)
-
-
-def _converted(
-    path, sha256, revision, label, config, settings, size, name, verify=None
-) -> ResolvedWeights:
-    entry = checkpoint.entry_name(label, sha256, revision)
-    hit = checkpoint.cached(entry)
-    if hit is None:
-        if verify is not None:
-            verify()
-        state = checkpoint.read_state(path, name)
-        meta = {
-            "source": name,
-            "sha256": sha256,
-            "revision": revision,
-            "architecture": config.name,
-            "image_size": size,
-        }
-        converted = checkpoint.convert(state, config, size, entry, meta, name)
-    else:
-        converted = hit[0]
-    return _keras_file(converted, name, settings, size)
+    hub.verify(file)  # every load: 0.28 s for a 296 MB file here, against its ETag
+    return _timm_file(file.path, f"{source} ({file.url})", settings, size)
 
 
 def _timm_config(path: str, config, source: str):

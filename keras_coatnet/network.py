@@ -1,0 +1,194 @@
+"""The CoAtNet network: a `CoAtNetConfig` in, a functional `keras.Model` out.
+
+This module knows nothing of weights: `keras_coatnet.model.CoAtNet` resolves
+the `weights=` argument, calls `build` once and loads into what it returns.
+Layer names come from `keras_coatnet.naming` (they are the weight format).
+"""
+
+from __future__ import annotations
+
+import keras
+
+from keras_coatnet.configs import CoAtNetConfig
+from keras_coatnet.layers import MBConvBlock, Preprocessing, Stem, TransformerBlock
+from keras_coatnet.layers._common import batch_norm
+from keras_coatnet.naming import (
+    HEAD_LAYER,
+    HEAD_NORM,
+    HEAD_POOL,
+    HEAD_PRE_LOGITS,
+    INPUT,
+    POOLING_LAYERS,
+    PREPROCESSING,
+    STEM,
+    block_name,
+    keras_name,
+)
+
+
+def _input_shape(config, input_shape, input_tensor, include_preprocessing):
+    """Resolve and check the (H, W, C) input shape."""
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "CoAtNet supports only channels_last; keras.config.image_data_format() "
+            f"is {keras.config.image_data_format()!r}"
+        )
+    if input_shape is None and input_tensor is not None:
+        input_shape = tuple(input_tensor.shape[1:])
+    if input_shape is None:
+        input_shape = (config.default_size, config.default_size, 3)
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be (height, width, channels), received: {input_shape}")
+    height, width, channels = input_shape
+    if channels is None:
+        raise ValueError(f"input_shape needs a static channel count, received: {input_shape}")
+    if height in (1, 3) and width is not None and width > 3 and channels > 3:
+        raise ValueError(
+            f"input_shape {input_shape} looks channels_first; CoAtNet expects "
+            "channels_last (height, width, channels)"
+        )
+    step = config.reduction
+    for side, value in (("height", height), ("width", width)):
+        if value is None or not isinstance(value, int) or value < step or value % step:
+            raise ValueError(
+                f"input {side} must be a static multiple of {step} (at least {step}), "
+                f"received: {value!r} in input_shape {input_shape}; the relative "
+                "attention tables are sized from it"
+            )
+    if include_preprocessing and channels != 3:
+        raise ValueError(f"include_preprocessing=True needs 3 input channels, received: {channels}")
+    return input_shape
+
+
+def _stem_and_stages(x, config, drop_path_rate, cache_bias, sync_batchnorm=False, remat=False):
+    """S0..S4 (`stage_features` finds the stages again by their names)."""
+    x = Stem(
+        config.stem_dim,
+        hidden_filters=config.stem_hidden_dim,
+        activation=config.conv_activation,
+        bn_epsilon=config.bn_epsilon,
+        bn_momentum=config.bn_momentum,
+        approximate_gelu=config.approximate_gelu,
+        padding=config.padding,
+        sync_batchnorm=sync_batchnorm,
+        name=STEM,
+    )(x)
+    total = sum(stage.depth for stage in config.stages)
+    index, channels = 0, config.stem_dim
+    for s, stage in enumerate(config.stages, start=1):
+        for b in range(stage.depth):
+            # Rate grows linearly with depth, from 0 to drop_path_rate (timm's linspace).
+            rate = drop_path_rate * index / max(total - 1, 1)
+            common = dict(
+                strides=stage.stride if b == 0 else 1,
+                expand_ratio=config.expand_ratio,
+                drop_path_rate=rate,
+                approximate_gelu=config.approximate_gelu,
+                pool_type=config.pool_type,
+                sync_batchnorm=sync_batchnorm,
+                remat=remat,
+                name=block_name(s, b),
+            )
+            if stage.block_type == "mbconv":
+                block = MBConvBlock(
+                    channels,
+                    stage.dim,
+                    expand_from=config.expand_from,
+                    se_ratio=config.se_ratio,
+                    se_from=config.se_from,
+                    se_activation=config.se_activation,
+                    se_before_norm=config.se_before_norm,
+                    activation=config.conv_activation,
+                    pre_norm_activation=config.pre_norm_activation,
+                    output_bias=config.conv_output_bias,
+                    stride_mode=config.mbconv_stride,
+                    bn_epsilon=config.bn_epsilon,
+                    bn_momentum=config.bn_momentum,
+                    padding=config.padding,
+                    **common,
+                )
+            else:
+                block = TransformerBlock(
+                    channels,
+                    stage.dim,
+                    head_size=config.head_size,
+                    attention_width=config.attention_width,
+                    norm=config.transformer_norm,
+                    ln_epsilon=config.ln_epsilon,
+                    bn_momentum=config.bn_momentum,
+                    shortcut_bias=config.transformer_shortcut_bias,
+                    layer_scale=config.layer_scale,
+                    relative_bias=config.relative_bias,
+                    relative_mlp_dim=config.relative_mlp_dim,
+                    cache_bias=cache_bias,
+                    **common,
+                )
+            x = block(x)
+            channels, index = stage.dim, index + 1
+    return x
+
+
+def _head_norm(config, sync_batchnorm=False):
+    if config.transformer_norm == "batchnorm":
+        return batch_norm(HEAD_NORM, config.ln_epsilon, config.bn_momentum, None, sync_batchnorm)
+    return keras.layers.LayerNormalization(epsilon=config.ln_epsilon, name=HEAD_NORM)
+
+
+def _head(x, config, include_top, pooling, classes, classifier_activation, sync_batchnorm=False):
+    if include_top:
+        if config.head_hidden_size:
+            # The paper's head (timm's NormMlpClassifierHead): pool, norm, tanh pre-logits.
+            x = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL)(x)
+            x = _head_norm(config, sync_batchnorm)(x)
+            x = keras.layers.Dense(
+                config.head_hidden_size, activation="tanh", name=HEAD_PRE_LOGITS
+            )(x)
+        else:
+            # timm's rw head: norm every position of the map, then pool.
+            x = _head_norm(config, sync_batchnorm)(x)
+            x = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL)(x)
+        return keras.layers.Dense(classes, activation=classifier_activation, name=HEAD_LAYER)(x)
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name=POOLING_LAYERS["avg"])(x)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name=POOLING_LAYERS["max"])(x)
+    return x
+
+
+def build(
+    config: CoAtNetConfig,
+    include_top: bool,
+    input_tensor,
+    input_shape,
+    pooling,
+    classes: int,
+    classifier_activation,
+    preprocessing: dict | None,
+    drop_path_rate: float,
+    cache_bias: bool,
+    sync_batchnorm: bool,
+    remat: bool,
+    name: str | None,
+) -> keras.Model:
+    """The functional model of `config`, with fresh weights.
+
+    Args:
+        preprocessing: The `Preprocessing` layer's arguments (`mean`, `std`,
+            `eval_settings`), or `None` for no preprocessing layer.
+
+    The other arguments are `keras_coatnet.CoAtNet`'s, already checked.
+    """
+    input_shape = _input_shape(config, input_shape, input_tensor, preprocessing is not None)
+    if input_tensor is None:
+        inputs = keras.Input(shape=input_shape, name=INPUT)
+    elif not keras.backend.is_keras_tensor(input_tensor):
+        inputs = keras.Input(tensor=input_tensor, shape=input_shape, name=INPUT)
+    else:
+        inputs = input_tensor
+    x = inputs
+    if preprocessing is not None:
+        x = Preprocessing(**preprocessing, name=PREPROCESSING)(x)
+    x = _stem_and_stages(x, config, drop_path_rate, cache_bias, sync_batchnorm, remat)
+    x = _head(x, config, include_top, pooling, classes, classifier_activation, sync_batchnorm)
+    return keras.Model(inputs, x, name=name or keras_name(config.name))
