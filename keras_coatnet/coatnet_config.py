@@ -29,10 +29,28 @@ CHOICES = {
 }
 
 
-def check_image_size(size: int, flag: str = "--image-size") -> int:
-    """`size`, or a ValueError naming `flag`: inputs are positive multiples of 32."""
-    if size < SIZE_STEP or size % SIZE_STEP:
-        raise ValueError(f"{flag} must be a positive multiple of 32, received: {size}")
+def is_image_size(size) -> bool:
+    """Whether `size` is an image side every CoAtNet takes: a positive multiple of 32."""
+    return (
+        isinstance(size, int)
+        and not isinstance(size, bool)
+        and size >= SIZE_STEP
+        and not (size % SIZE_STEP)
+    )
+
+
+def check_image_size(size, flag: str = "--image-size", context: str = "") -> int:
+    """`size`, or a ValueError naming `flag`: the one image-size rule (see `is_image_size`).
+
+    Args:
+        size: The side to check.
+        flag: What the user gave it as (`"--image-size"`, `"input height"`).
+        context: Appended to the message (where the value came from, why).
+    """
+    if not is_image_size(size):
+        raise ValueError(
+            f"{flag} must be a positive multiple of {SIZE_STEP}, received: {size!r}{context}"
+        )
     return size
 
 

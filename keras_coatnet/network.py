@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import keras
 
+from keras_coatnet.coatnet_config import check_image_size
 from keras_coatnet.configs import CoAtNetConfig
 from keras_coatnet.layers import MBConvBlock, Preprocessing, Stem, TransformerBlock
 from keras_coatnet.layers._common import batch_norm
@@ -48,14 +49,13 @@ def _input_shape(config, input_shape, input_tensor, include_preprocessing):
             f"input_shape {input_shape} looks channels_first; CoAtNet expects "
             "channels_last (height, width, channels)"
         )
-    step = config.reduction
     for side, value in (("height", height), ("width", width)):
-        if value is None or not isinstance(value, int) or value < step or value % step:
-            raise ValueError(
-                f"input {side} must be a static multiple of {step} (at least {step}), "
-                f"received: {value!r} in input_shape {input_shape}; the relative "
-                "attention tables are sized from it"
-            )
+        check_image_size(
+            value,
+            f"input {side}",
+            f" in input_shape {input_shape} (static: the relative attention tables are "
+            "sized from it)",
+        )
     if include_preprocessing and channels != 3:
         raise ValueError(f"include_preprocessing=True needs 3 input channels, received: {channels}")
     return input_shape

@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 
 from keras_coatnet._errors import first_line
+from keras_coatnet.coatnet_config import is_image_size
 from keras_coatnet.configs import CONFIGS, timm_names
 from keras_coatnet.naming import model_key, split_tag
 from keras_coatnet.preprocessing import EvalSettings
@@ -255,6 +256,6 @@ def _timm_config(path: str, config, source: str):
     settings = EvalSettings.from_pretrained_cfg(cfg, source)
     input_size = cfg.get("input_size") or [3, config.default_size, config.default_size]
     size = int(input_size[-1])
-    if size % 32 or int(input_size[-2]) != size:
+    if not is_image_size(size) or int(input_size[-2]) != size:
         raise ValueError(f"{source}: input_size {input_size} is not square multiples of 32")
     return settings, size
