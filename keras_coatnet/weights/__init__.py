@@ -1,12 +1,15 @@
-"""Pretrained weights: timm's Hub checkpoints, fetched, checked and converted without torch.
+"""Pretrained weights: timm's Hub checkpoints, fetched, checked and mapped without torch.
 
     model = keras_coatnet.create_model("coatnet_0_rw_224", weights="imagenet")
 
+`resolve` turns any `weights=` argument into one `ResolvedWeights` (data: a
+file, its format, head classes, evaluation settings) and builds no model.
 `registry` lists timm's tags with their evaluation settings; `hub` fetches
 files with `huggingface_hub` and checks them against the Hub's hashes;
-`checkpoint` reads safetensors as NumPy and caches the converted
-`.weights.h5`; `resolve` turns any `weights=` argument into one
-`ResolvedWeights`. See docs/WEIGHTS.md.
+`checkpoint` reads safetensors as NumPy. Loading into a built model:
+`loader` (the head rule), `timm_mapping` (timm names onto our variables) and
+`keras_file` (`.weights.h5` files, checked whole). This package's `__init__`
+imports no framework; those three import Keras. See docs/WEIGHTS.md.
 """
 
 from keras_coatnet.weights.checkpoint import CONVERTER_VERSION

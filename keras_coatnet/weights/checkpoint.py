@@ -59,16 +59,6 @@ def read_state(path: str, name: str | None = None) -> dict[str, np.ndarray]:
         ) from None
 
 
-def head_classes(state: dict, name: str) -> int:
-    """Classes of a timm CoAtNet checkpoint's head."""
-    if HEAD_KEY not in state or np.ndim(state[HEAD_KEY]) != 2:
-        raise ValueError(
-            f"{name} has no {HEAD_KEY!r} tensor: not a timm CoAtNet checkpoint with a "
-            "classifier head"
-        )
-    return int(state[HEAD_KEY].shape[0])
-
-
 def head_classes_of_file(path: str, name: str | None = None) -> int:
     """Classes of a timm safetensors checkpoint's head, read from its header alone.
 

@@ -10,9 +10,9 @@ checked before the first one is assigned.
 
 from __future__ import annotations
 
-from keras_coatnet.weights import checkpoint, keras_file
+from keras_coatnet.weights import keras_file
 from keras_coatnet.weights.resolver import ResolvedWeights
-from keras_coatnet.weights.timm_mapping import load_timm_state_dict
+from keras_coatnet.weights.timm_mapping import load_timm_file
 
 
 def head_fits(resolved: ResolvedWeights, include_top: bool, classes: int | None) -> bool:
@@ -46,8 +46,7 @@ def load(model, resolved: ResolvedWeights, include_top: bool, classes, architect
     if resolved.format == "keras":
         keras_file.load_weights(model, resolved.path, resolved.structure, skip_head=skip_head)
         return
-    state = checkpoint.read_state(resolved.path, resolved.source)
     try:
-        load_timm_state_dict(model, state, skip_head=skip_head)
+        load_timm_file(model, resolved.path, skip_head=skip_head)
     except ValueError as error:
         raise ValueError(f"{resolved.source} does not fit {architecture}: {error}") from None

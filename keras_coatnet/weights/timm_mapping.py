@@ -46,20 +46,81 @@ _IGNORED_SUFFIXES = (
 )
 
 
-class _Plan:
-    """Collects `(keras variable, array)` pairs and the timm keys they use."""
+class _Lazy:
+    """A tensor of the state dict, read when its value is needed.
 
-    def __init__(self, state):
+    Supports what the mapping does to a tensor before assigning it (its
+    shape, `transpose`, `reshape`, `.T`), so every shape is checked before
+    any tensor is read, and tensors are read one at a time while assigning:
+    the peak memory of a load is the model plus one tensor, not the model
+    plus the whole checkpoint.
+    """
+
+    def __init__(self, shape, read):
+        self.shape = tuple(int(d) for d in shape)
+        self._read = read
+
+    def __array__(self, dtype=None, copy=None):
+        value = np.asarray(self._read(), dtype="float32")
+        return value if dtype is None else value.astype(dtype)
+
+    def transpose(self, *axes):
+        shape = tuple(self.shape[a] for a in axes)
+        return _Lazy(shape, lambda: np.asarray(self).transpose(*axes))
+
+    def reshape(self, *shape):
+        if int(np.prod(shape)) != int(np.prod(self.shape)):
+            raise ValueError(f"cannot reshape a tensor of shape {self.shape} into {shape}")
+        return _Lazy(shape, lambda: np.asarray(self).reshape(*shape))
+
+    @property
+    def T(self):  # noqa: N802 - NumPy's name
+        return self.transpose(*reversed(range(len(self.shape))))
+
+
+class _State:
+    """The timm tensors by name, as shapes first and values on demand."""
+
+    def __init__(self, names, shape, read):
+        self._names = {k for k in names if not k.endswith(_IGNORED_SUFFIXES)}
+        self._shape, self._read = shape, read
+
+    @classmethod
+    def of_dict(cls, state_dict):
+        def read(key):
+            return _to_numpy(state_dict[key])
+
+        return cls(state_dict, lambda k: np.shape(state_dict[k]), read)
+
+    @classmethod
+    def of_file(cls, handle):
+        """From an open `safetensors.safe_open(path, framework="numpy")`."""
+        return cls(handle.keys(), lambda k: handle.get_slice(k).get_shape(), handle.get_tensor)
+
+    def __contains__(self, key):
+        return key in self._names
+
+    def __iter__(self):
+        return iter(sorted(self._names))
+
+    def get(self, key) -> _Lazy:
+        return _Lazy(self._shape(key), lambda: self._read(key))
+
+
+class _Plan:
+    """Collects `(keras variable, tensor)` pairs and the timm keys they use."""
+
+    def __init__(self, state: _State):
         self.state = state
         self.used = set()
         self.pairs = []
         self.head_skipped = False
 
-    def take(self, key):
+    def take(self, key) -> _Lazy:
         if key not in self.state:
             raise ValueError(f"the timm state dict has no {key!r}")
         self.used.add(key)
-        return np.asarray(self.state[key], dtype="float32")
+        return self.state.get(key)
 
     def assign(self, variable, value, key):
         if tuple(variable.shape) != tuple(value.shape):
@@ -158,7 +219,7 @@ class _Plan:
         self.assign(attn.relative_table, table, key)
 
     def skip(self, prefixes):
-        """Mark every tensor under `prefixes` used without loading it."""
+        """Mark every tensor under `prefixes` used without reading it."""
         self.used.update(k for k in self.state if k.startswith(prefixes))
 
 
@@ -183,7 +244,22 @@ def load_timm_state_dict(model, state_dict, windows=None, skip_head: bool = Fals
         ValueError: If any variable or tensor is missing, left over, or of
             the wrong shape. Nothing is assigned in that case.
     """
-    state = {k: _to_numpy(v) for k, v in state_dict.items() if not k.endswith(_IGNORED_SUFFIXES)}
+    _load(model, _State.of_dict(state_dict), windows, skip_head)
+
+
+def load_timm_file(model, path: str, skip_head: bool = False) -> None:
+    """`load_timm_state_dict` from a safetensors file, read one tensor at a time.
+
+    Every shape is checked from the file's header before the first tensor is
+    read; the file is never held in memory whole.
+    """
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as handle:
+        _load(model, _State.of_file(handle), None, skip_head)
+
+
+def _load(model, state: _State, windows, skip_head) -> None:
     plan = _Plan(state)
     windows = windows or {}
     plan.stem(model.get_layer(STEM), STEM)
@@ -210,7 +286,7 @@ def load_timm_state_dict(model, state_dict, windows=None, skip_head: bool = Fals
     if missing:
         raise ValueError(f"the timm state dict gives no value for {missing[0]!r}")
     for variable, value in plan.pairs:
-        variable.assign(value)
+        variable.assign(np.asarray(value))
 
 
 def _plan_head(plan, model, skip_head):
