@@ -120,3 +120,37 @@ def test_keras_files_written_by_b08ed0c_load_unchanged(key, tmp_path):
     model.save_weights(path)
     again = _fixture_model(key, weights=path)
     np.testing.assert_array_equal(again(fixtures.images()), model(fixtures.images()))
+
+
+# -- safetensors read tensor by tensor ----------------------------------------------------
+
+
+def test_tensor_file_reads_what_safetensors_reads(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from keras_coatnet.weights.checkpoint import TensorFile
+
+    rng = np.random.RandomState(0)
+    arrays = {
+        "a.weight": rng.normal(size=(4, 3, 3, 3)).astype("float32"),
+        "a.bias": rng.normal(size=(4,)).astype("float16"),
+        "steps": np.array(7, dtype="int64"),
+        "empty": np.zeros((0, 5), "float32"),
+    }
+    path = str(tmp_path / "model.safetensors")
+    save_file(arrays, path, metadata={"format": "pt"})
+    reference = load_file(path)
+    with TensorFile(path) as tensors:
+        assert sorted(tensors.keys()) == sorted(reference)
+        for key, value in reference.items():
+            assert tensors.shape(key) == value.shape
+            got = tensors.read(key)
+            assert got.dtype == value.dtype
+            np.testing.assert_array_equal(got, value)
+    # Cut short: named, one line, before any tensor is read.
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[:-8])
+    with pytest.raises(ValueError, match=r"is not a readable safetensors file: .*outside the file"):
+        TensorFile(path)

@@ -8,6 +8,10 @@ than loading a converted `.weights.h5` was (docs/WEIGHTS.md has the figures).
 
 from __future__ import annotations
 
+import json
+import os
+import struct
+
 import numpy as np
 
 from keras_coatnet._errors import first_line
@@ -84,3 +88,75 @@ def head_classes_of_file(path: str, name: str | None = None) -> int:
             "classifier head"
         )
     return int(shape[0])
+
+
+# safetensors dtype names -> NumPy (the float and integer types a timm checkpoint holds).
+_DTYPES = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U8": "u1",
+    "BOOL": "?",
+}
+
+
+class TensorFile:
+    """A safetensors file's tensors, each read on demand with plain reads.
+
+    `safetensors.numpy` maps the file into memory, so every tensor read
+    leaves its pages in the process's resident set until the map is closed:
+    a load's peak would hold the whole checkpoint. Here each tensor is read
+    into its own array (`os.pread`) and nothing else stays. The format is
+    the documented one: an 8-byte little-endian header length, a JSON header
+    `{name: {dtype, shape, data_offsets}}`, then the data. Use as a context
+    manager; the file was checked with `safetensors` itself when it was
+    resolved (`head_classes_of_file`), and offsets are checked again here.
+    """
+
+    def __init__(self, path: str, name: str | None = None):
+        self.path, self.name = path, name or repr(path)
+        self._fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(self._fd).st_size
+            (length,) = struct.unpack("<Q", os.pread(self._fd, 8, 0))
+            header = json.loads(os.pread(self._fd, length, 8))
+            header.pop("__metadata__", None)
+            self._start = 8 + length
+            for key, info in header.items():
+                begin, end = info["data_offsets"]
+                count = int(np.prod(info["shape"], dtype=np.int64))
+                dtype = _DTYPES.get(info["dtype"])
+                if dtype is None:
+                    raise ValueError(f"tensor {key!r} has dtype {info['dtype']}, not readable")
+                if not 0 <= begin <= end <= size - self._start or end - begin != count * (
+                    np.dtype(dtype).itemsize
+                ):
+                    raise ValueError(f"tensor {key!r} has data offsets outside the file")
+        except (struct.error, ValueError, KeyError, TypeError, OSError) as error:
+            os.close(self._fd)
+            raise ValueError(
+                f"{self.name} is not a readable safetensors file: {first_line(error)}"
+            ) from None
+        self._header = header
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self._fd)
+
+    def keys(self):
+        return self._header.keys()
+
+    def shape(self, key: str) -> tuple:
+        return tuple(self._header[key]["shape"])
+
+    def read(self, key: str) -> np.ndarray:
+        info = self._header[key]
+        begin, end = info["data_offsets"]
+        data = os.pread(self._fd, end - begin, self._start + begin)
+        return np.frombuffer(data, dtype=_DTYPES[info["dtype"]]).reshape(info["shape"])

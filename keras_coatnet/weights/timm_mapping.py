@@ -33,6 +33,7 @@ from keras_coatnet.layers import (
 )
 from keras_coatnet.naming import HEAD_LAYER, HEAD_NORM, HEAD_PRE_LOGITS, STEM, parse_block_name
 from keras_coatnet.resize import resize_relative_table, resize_square_table
+from keras_coatnet.weights.checkpoint import TensorFile
 
 # timm's classifier and the head modules before it (the rw models' `norm` too).
 CLASSIFIER_KEYS = ("head.fc.",)
@@ -93,9 +94,9 @@ class _State:
         return cls(state_dict, lambda k: np.shape(state_dict[k]), read)
 
     @classmethod
-    def of_file(cls, handle):
-        """From an open `safetensors.safe_open(path, framework="numpy")`."""
-        return cls(handle.keys(), lambda k: handle.get_slice(k).get_shape(), handle.get_tensor)
+    def of_file(cls, tensors):
+        """From an open `weights.checkpoint.TensorFile`."""
+        return cls(tensors.keys(), tensors.shape, tensors.read)
 
     def __contains__(self, key):
         return key in self._names
@@ -253,10 +254,8 @@ def load_timm_file(model, path: str, skip_head: bool = False) -> None:
     Every shape is checked from the file's header before the first tensor is
     read; the file is never held in memory whole.
     """
-    from safetensors import safe_open
-
-    with safe_open(path, framework="numpy") as handle:
-        _load(model, _State.of_file(handle), None, skip_head)
+    with TensorFile(path) as tensors:
+        _load(model, _State.of_file(tensors), None, skip_head)
 
 
 def _load(model, state: _State, windows, skip_head) -> None:
