@@ -1,32 +1,47 @@
-"""What one CoAtNet architecture is: `StageConfig` and `CoAtNetConfig`, validated.
+"""What one CoAtNet architecture is: `CoAtNetConfig` and its sub-configs, validated.
 
-Every numerical knob has a name and a documented default. The table of
-variants built from these is `keras_coatnet.configs.CONFIGS`. Imports no
-framework (the command line lists models without TensorFlow).
+As timm nests `MaxxVitConvCfg` and `MaxxVitTransformerCfg` in `MaxxVitCfg`,
+`CoAtNetConfig` holds the layout and one sub-config per kind of layer, named
+as that layer's arguments: `MBConvConfig` (`MBConvBlock`, and the stem's
+convolution settings), `TransformerConfig` (`TransformerBlock`) and
+`HeadConfig` (the classifier). The builder passes their fields as keyword
+arguments; each choice is checked once, in its dataclass, which a block
+built directly validates through too. The flat names of earlier versions
+(`FLAT_FIELDS`) still read and `replace`. Imports no framework.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 BLOCK_TYPES = ("mbconv", "transformer")
 PADDINGS = ("symmetric", "same")
 POOL_TYPES = ("avg", "max", "max3")
+CONV_ACTIVATIONS = ("gelu", "silu")
+SE_ACTIVATIONS = ("silu", "relu")
+NORMS = ("layernorm", "batchnorm")
+RELATIVE_BIASES = ("table", "mlp")
 # Every CoAtNet halves its input five times (`CoAtNetConfig.reduction`).
 SIZE_STEP = 32
-CHOICES = {
-    "conv_activation": ("gelu", "silu"),
-    "se_activation": ("silu", "relu"),
-    "expand_from": ("output", "input"),
-    "se_from": ("output", "hidden"),
-    "mbconv_stride": ("depthwise", "pool"),
-    "attention_width": ("output", "input"),
-    "transformer_norm": ("layernorm", "batchnorm"),
-    "relative_bias": ("table", "mlp"),
-    "padding": PADDINGS,
-    "pool_type": POOL_TYPES,
-}
+
+
+def check_choice(name: str, value, allowed: tuple) -> None:
+    """A ValueError quoting `value` unless it is one of `allowed`: the one choice check."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, received: {value!r}")
+
+
+def _check_positive(name: str, value, integer: bool = False, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    kinds = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+        what = "a positive int" if integer else "a positive number"
+        raise ValueError(
+            f"{name} must be {'None or ' if optional else ''}{what}, received: {value!r}"
+        )
 
 
 def is_image_size(size) -> bool:
@@ -54,6 +69,175 @@ def check_image_size(size, flag: str = "--image-size", context: str = "") -> int
     return size
 
 
+class _Settings:
+    """What the sub-configs share: `CHOICES` and `POSITIVE` checked in `__post_init__`."""
+
+    CHOICES: ClassVar[dict[str, tuple]] = {}
+    # Fields that must be positive: `int`, or `float` for any number; `None`
+    # is allowed where it is the default.
+    POSITIVE: ClassVar[dict[str, type]] = {}
+
+    def __post_init__(self):
+        for name, allowed in self.CHOICES.items():
+            check_choice(name, getattr(self, name), allowed)
+        for f in dataclasses.fields(self):
+            if f.name in self.POSITIVE:
+                integer = self.POSITIVE[f.name] is int
+                _check_positive(f.name, getattr(self, f.name), integer, f.default is None)
+
+    def replace(self, **changes):
+        """Return a copy with `changes` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def of(cls, layer):
+        """The settings `layer` stores under the fields' names, checked as a config's are."""
+        return cls(**{f.name: getattr(layer, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class MBConvConfig(_Settings):
+    """`MBConvBlock`'s arguments, under its names; the stem takes its settings from here too.
+
+    The defaults, the field values, are the paper's block (timm's
+    `coatnet_N_224`); the stem reads `activation`, `bn_epsilon`,
+    `bn_momentum`, `approximate_gelu` and `padding` (timm's reads `conv_cfg`).
+
+    Args:
+        expand_ratio: Hidden width of the inverted bottleneck, a multiple of
+            the channels `expand_from` names (`4.0`).
+        expand_from: `"output"` channels (paper) or `"input"` (timm rw).
+        se_ratio: Squeeze-excite bottleneck, a fraction of the channels
+            `se_from` names (`0.25`).
+        se_from: `"output"` channels (paper) or `"hidden"` (expanded) ones.
+        se_activation: Activation inside squeeze-excite: `"silu"`, `"relu"`.
+        se_before_norm: Squeeze-excite between the depthwise convolution and
+            its norm, not after the activation (timm's `attn_early`).
+        activation: `"gelu"` (paper) or `"silu"` (timm rw), stem included.
+        pre_norm_activation: `activation` after the pre-norm too (timm rw).
+        output_bias: Bias on the last 1x1 convolution and the shortcut
+            projection (`True`; most rw: `False`).
+        stride_mode: Where a stride-2 block downsamples: the `"depthwise"`
+            convolution (paper), or a 2x2 average `"pool"` after the pre-norm.
+        bn_epsilon: BatchNorm epsilon (`1e-5`, PyTorch's; Keras uses 1e-3).
+        bn_momentum: BatchNorm momentum, Keras convention (`0.9`: PyTorch 0.1).
+        approximate_gelu: tanh GELU (Google's TF code) instead of the exact
+            erf GELU (timm).
+        padding: Of the stride-2 3x3 convolutions: `"symmetric"`, one pixel
+            on every side (PyTorch), or TF's `"same"`, bottom/right only.
+        pool_type: Shortcut downsampling: `"avg"` or `"max"` 2x2 stride 2
+            (timm's `avg2`/`max2`), or `"max3"`, 3x3 stride 2 padded by one
+            (timm's `max`, in `coatnet_rmlp_1_rw_224`).
+    """
+
+    expand_ratio: float = 4.0
+    expand_from: str = "output"
+    se_ratio: float = 0.25
+    se_from: str = "output"
+    se_activation: str = "silu"
+    se_before_norm: bool = False
+    activation: str = "gelu"
+    pre_norm_activation: bool = False
+    output_bias: bool = True
+    stride_mode: str = "depthwise"
+    bn_epsilon: float = 1e-5
+    bn_momentum: float = 0.9
+    approximate_gelu: bool = False
+    padding: str = "symmetric"
+    pool_type: str = "avg"
+
+    CHOICES: ClassVar[dict[str, tuple]] = {
+        "expand_from": ("output", "input"),
+        "se_from": ("output", "hidden"),
+        "se_activation": SE_ACTIVATIONS,
+        "activation": CONV_ACTIVATIONS,
+        "stride_mode": ("depthwise", "pool"),
+        "padding": PADDINGS,
+        "pool_type": POOL_TYPES,
+    }
+    POSITIVE: ClassVar[dict[str, type]] = {
+        "expand_ratio": float,
+        "se_ratio": float,
+        "bn_epsilon": float,
+    }
+
+
+@dataclass(frozen=True)
+class TransformerConfig(_Settings):
+    """`TransformerBlock`'s arguments, under its names; the defaults are the paper's.
+
+    Args:
+        head_size: Channels per attention head (`32`).
+        attention_width: Width of q, k, v in a block that widens the map: the
+            `"output"` channels (paper), or the `"input"` ones with the output
+            projection widening (timm rw, `expand_first=False`).
+        expand_ratio: Expansion of the feed-forward network (`4.0`).
+        norm: `"layernorm"` or `"batchnorm"` (`coatnet_bn_0_rw_224`), with
+            epsilon `ln_epsilon` either way.
+        ln_epsilon: Epsilon of the norms (`1e-6`, timm's).
+        bn_momentum: BatchNorm momentum with `norm="batchnorm"` (`0.9`).
+        shortcut_bias: Bias on the shortcut projection (`True`).
+        layer_scale: Initial value of a learned per-channel scale on both
+            branches (timm's `init_values`), or `None` for none.
+        relative_bias: The relative bias w[i-j]: a learned `"table"` (paper),
+            or `"mlp"`, a 2-layer ReLU MLP of width `relative_mlp_dim` over
+            offsets `sign(d) * log(1 + |d|)` (timm's rmlp, `RelPosMlp` "cr").
+        relative_mlp_dim: Hidden width of that MLP (`512`).
+        approximate_gelu: tanh GELU in the feed-forward network.
+        pool_type: Downsampling of the shortcut and the attention input (see
+            `MBConvConfig.pool_type`).
+    """
+
+    head_size: int = 32
+    attention_width: str = "output"
+    expand_ratio: float = 4.0
+    norm: str = "layernorm"
+    ln_epsilon: float = 1e-6
+    bn_momentum: float = 0.9
+    shortcut_bias: bool = True
+    layer_scale: float | None = None
+    relative_bias: str = "table"
+    relative_mlp_dim: int = 512
+    approximate_gelu: bool = False
+    pool_type: str = "avg"
+
+    CHOICES: ClassVar[dict[str, tuple]] = {
+        "attention_width": ("output", "input"),
+        "norm": NORMS,
+        "relative_bias": RELATIVE_BIASES,
+        "pool_type": POOL_TYPES,
+    }
+    POSITIVE: ClassVar[dict[str, type]] = {
+        "head_size": int,
+        "expand_ratio": float,
+        "ln_epsilon": float,
+        "layer_scale": float,
+        "relative_mlp_dim": int,
+    }
+
+
+@dataclass(frozen=True)
+class HeadConfig(_Settings):
+    """The classifier head (timm's `NormMlpClassifierHead`, or its rw head).
+
+    Args:
+        hidden_size: Width of the tanh pre-logits dense layer after pooling
+            and the norm (the paper's head); `None` for none, the norm then
+            applied at every position before pooling (timm's rw head).
+        norm: `"layernorm"` or `"batchnorm"`.
+        ln_epsilon: Epsilon of the norm (`1e-6`).
+        bn_momentum: Momentum of the norm with `norm="batchnorm"` (`0.9`).
+    """
+
+    hidden_size: int | None = None
+    norm: str = "layernorm"
+    ln_epsilon: float = 1e-6
+    bn_momentum: float = 0.9
+
+    CHOICES: ClassVar[dict[str, tuple]] = {"norm": NORMS}
+    POSITIVE: ClassVar[dict[str, type]] = {"hidden_size": int, "ln_epsilon": float}
+
+
 @dataclass(frozen=True)
 class StageConfig:
     """One stage: `depth` blocks of one type at one width.
@@ -67,16 +251,44 @@ class StageConfig:
     stride: int = 2
 
     def __post_init__(self):
-        if self.block_type not in BLOCK_TYPES:
-            raise ValueError(
-                f"block_type must be one of {BLOCK_TYPES}, received: {self.block_type!r}"
-            )
-        if not isinstance(self.depth, int) or self.depth < 1:
-            raise ValueError(f"depth must be a positive int, received: {self.depth!r}")
-        if not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f"dim must be a positive int, received: {self.dim!r}")
+        check_choice("block_type", self.block_type, BLOCK_TYPES)
+        _check_positive("depth", self.depth, integer=True)
+        _check_positive("dim", self.dim, integer=True)
         if self.stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, received: {self.stride!r}")
+
+
+# The flat field names of earlier versions -> the sub-config fields each one
+# sets in `CoAtNetConfig.replace`; reading one returns the first.
+FLAT_FIELDS: dict[str, tuple[str, ...]] = {
+    "head_size": ("transformer.head_size",),
+    "expand_ratio": ("mbconv.expand_ratio", "transformer.expand_ratio"),
+    "se_ratio": ("mbconv.se_ratio",),
+    "head_hidden_size": ("head.hidden_size",),
+    "bn_epsilon": ("mbconv.bn_epsilon",),
+    "bn_momentum": ("mbconv.bn_momentum", "transformer.bn_momentum", "head.bn_momentum"),
+    "ln_epsilon": ("transformer.ln_epsilon", "head.ln_epsilon"),
+    "approximate_gelu": ("mbconv.approximate_gelu", "transformer.approximate_gelu"),
+    "padding": ("mbconv.padding",),
+    "pool_type": ("mbconv.pool_type", "transformer.pool_type"),
+    "conv_activation": ("mbconv.activation",),
+    "pre_norm_activation": ("mbconv.pre_norm_activation",),
+    "expand_from": ("mbconv.expand_from",),
+    "se_from": ("mbconv.se_from",),
+    "se_activation": ("mbconv.se_activation",),
+    "se_before_norm": ("mbconv.se_before_norm",),
+    "conv_output_bias": ("mbconv.output_bias",),
+    "mbconv_stride": ("mbconv.stride_mode",),
+    "attention_width": ("transformer.attention_width",),
+    "transformer_shortcut_bias": ("transformer.shortcut_bias",),
+    "transformer_norm": ("transformer.norm", "head.norm"),
+    "layer_scale": ("transformer.layer_scale",),
+    "relative_bias": ("transformer.relative_bias",),
+    "relative_mlp_dim": ("transformer.relative_mlp_dim",),
+}
+_SUB_CONFIGS = {"mbconv": MBConvConfig, "transformer": TransformerConfig, "head": HeadConfig}
+# Fields that do not change the network: not in `CoAtNetConfig.architecture()`.
+NOT_ARCHITECTURE = ("name", "source", "mean", "std", "default_size")
 
 
 @dataclass(frozen=True)
@@ -85,103 +297,33 @@ class CoAtNetConfig:
 
     Args:
         name: Variant name, e.g. `"coatnet-0"`.
-        stem_depth: Convolutions in the stem (S0). Only 2 is supported.
         stem_dim: Channels of the stem.
         stages: Stages after the stem (S1..S4; CoAtNet-6/7 split S3 in two).
-        head_size: Channels per attention head.
-        expand_ratio: Inverted-bottleneck expansion of MBConv (of the block's
-            output channels) and of the transformer FFN.
-        se_ratio: Squeeze-excite bottleneck as a fraction of the block's
-            output channels.
-        head_hidden_size: Width of the tanh pre-logits dense layer of the
-            classifier head; `None` for no pre-logits layer.
-        bn_epsilon: BatchNorm epsilon (PyTorch's 1e-5 matches timm).
-        bn_momentum: BatchNorm moving-average momentum (Keras convention;
-            0.9 is PyTorch's 0.1).
-        ln_epsilon: LayerNorm epsilon (timm uses 1e-6).
-        approximate_gelu: `False` for exact (erf) GELU as in timm; `True`
-            for the tanh approximation used by Google's TF code.
-        padding: Padding of stride-2 3x3 convolutions: `"symmetric"` pads one
-            pixel on every side as PyTorch does; `"same"` is TF's `same`,
-            which pads only bottom/right for even inputs.
-        pool_type: Downsampling pool of the shortcuts and of the transformer
-            input: `"avg"` or `"max"` 2x2 stride 2 (timm's `avg2` / `max2`;
-            `"avg"` in every published model), or `"max3"`, 3x3 stride 2
-            with one pixel of padding (timm's `max`, used by
-            `coatnet_rmlp_1_rw_224`).
+        stem_depth: Convolutions in the stem (S0). Only 2 is supported.
         stem_hidden_dim: Channels of the first stem convolution; `None` for
             `stem_dim` (the paper). timm's rw variants use half.
-        conv_activation: Activation of the stem and the MBConv blocks:
-            `"gelu"` (paper) or `"silu"` (timm rw).
-        pre_norm_activation: Apply `conv_activation` after the MBConv
-            pre-norm as well (timm rw: `True`; paper: `False`).
-        expand_from: MBConv hidden width is `expand_ratio` times the block's
-            `"output"` channels (paper) or its `"input"` channels (timm rw).
-        se_from: Squeeze-excite bottleneck is `se_ratio` times the block's
-            `"output"` channels (paper) or its `"hidden"` (expanded)
-            channels (timm rw).
-        se_activation: Activation inside squeeze-excite: `"silu"` or `"relu"`.
-        se_before_norm: Squeeze-excite between the depthwise convolution and
-            its norm instead of after the norm and activation (timm's
-            `attn_early`).
-        conv_output_bias: Bias on the last 1x1 convolution of MBConv and on
-            its shortcut projection (paper: `True`; most rw: `False`).
-        mbconv_stride: Where a stride-2 MBConv block downsamples: in the
-            `"depthwise"` convolution (paper), or by 2x2 average `"pool"`ing
-            after the pre-norm (timm's `stride_mode="pool"`).
-        attention_width: Width of q, k, v in a transformer block that widens
-            the map: the block's `"output"` channels (paper), or its
-            `"input"` channels with the output projection widening (timm rw,
-            `expand_first=False`). Heads = width / `head_size`.
-        transformer_shortcut_bias: Bias on the transformer shortcut
-            projection.
-        transformer_norm: Norm of the transformer blocks and of the head:
-            `"layernorm"` or `"batchnorm"` (`coatnet_bn_0_rw_224`), with
-            epsilon `ln_epsilon` either way.
-        layer_scale: Initial value of a learned per-channel scale on both
-            transformer branches (timm's `init_values`), or `None` for none.
-        relative_bias: Source of the relative bias w[i-j]: a learned
-            `"table"` (paper), or `"mlp"`: a 2-layer ReLU MLP of width
-            `relative_mlp_dim` over log-spaced offsets
-            `sign(d) * log(1 + |d|)` (timm's rmlp variants, `RelPosMlp` in
-            its "cr" mode).
-        relative_mlp_dim: Hidden width of that MLP.
+        mbconv: The MBConv blocks' settings (and the stem's activation, norm
+            and padding), an `MBConvConfig`.
+        transformer: The transformer blocks' settings, a `TransformerConfig`.
+        head: The classifier head's settings, a `HeadConfig`.
         mean: Per-channel input mean on the 0..1 scale used by the built-in
             preprocessing.
         std: Per-channel input std on the 0..1 scale.
         default_size: Image side the variant is evaluated at.
         source: Where the numbers come from.
+
+    The flat names of `FLAT_FIELDS` read as attributes (`config.head_size`
+    is `config.transformer.head_size`) and are accepted by `replace`.
     """
 
     name: str
     stem_dim: int
     stages: tuple[StageConfig, ...]
     stem_depth: int = 2
-    head_size: int = 32
-    expand_ratio: float = 4.0
-    se_ratio: float = 0.25
-    head_hidden_size: int | None = None
-    bn_epsilon: float = 1e-5
-    bn_momentum: float = 0.9
-    ln_epsilon: float = 1e-6
-    approximate_gelu: bool = False
-    padding: str = "symmetric"
-    pool_type: str = "avg"
     stem_hidden_dim: int | None = None
-    conv_activation: str = "gelu"
-    pre_norm_activation: bool = False
-    expand_from: str = "output"
-    se_from: str = "output"
-    se_activation: str = "silu"
-    se_before_norm: bool = False
-    conv_output_bias: bool = True
-    mbconv_stride: str = "depthwise"
-    attention_width: str = "output"
-    transformer_shortcut_bias: bool = True
-    transformer_norm: str = "layernorm"
-    layer_scale: float | None = None
-    relative_bias: str = "table"
-    relative_mlp_dim: int = 512
+    mbconv: MBConvConfig = field(default_factory=MBConvConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     default_size: int = 224
@@ -190,27 +332,30 @@ class CoAtNetConfig:
     def __post_init__(self):
         if self.stem_depth != 2:
             raise ValueError(f"stem_depth must be 2, received: {self.stem_depth!r}")
+        _check_positive("stem_dim", self.stem_dim, integer=True)
+        _check_positive("stem_hidden_dim", self.stem_hidden_dim, integer=True, optional=True)
+        for name, kind in _SUB_CONFIGS.items():
+            if not isinstance(value := getattr(self, name), kind):
+                raise ValueError(f"{name} must be a {kind.__name__}, received: {value!r}")
         if not self.stages:
             raise ValueError("stages must not be empty, received: ()")
+        head_size = self.transformer.head_size
         for stage in self.stages:
             if not isinstance(stage, StageConfig):
                 raise ValueError(f"stages must hold StageConfig objects, received: {stage!r}")
-            if stage.block_type == "transformer" and stage.dim % self.head_size:
+            if stage.block_type == "transformer" and stage.dim % head_size:
                 raise ValueError(
-                    f"transformer width {stage.dim} is not a multiple of head_size={self.head_size}"
+                    f"transformer width {stage.dim} is not a multiple of head_size={head_size}"
                 )
-        for field, allowed in CHOICES.items():
-            value = getattr(self, field)
-            if value not in allowed:
-                raise ValueError(f"{field} must be one of {allowed}, received: {value!r}")
-        for field in ("stem_hidden_dim", "head_hidden_size"):
-            value = getattr(self, field)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{field} must be None or a positive int, received: {value!r}")
-        if self.layer_scale is not None and not self.layer_scale > 0:
-            raise ValueError(f"layer_scale must be None or > 0, received: {self.layer_scale!r}")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError(f"mean and std need 3 values, received: {self.mean!r}, {self.std!r}")
+
+    def __getattr__(self, name):
+        # Only for names that are not attributes: the flat names of FLAT_FIELDS.
+        if name in FLAT_FIELDS:
+            sub, field_name = FLAT_FIELDS[name][0].split(".")
+            return getattr(getattr(self, sub), field_name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def reduction(self) -> int:
@@ -225,6 +370,25 @@ class CoAtNetConfig:
         """Channels of the last feature map."""
         return self.stages[-1].dim
 
+    def architecture(self) -> dict:
+        """Every field the network is built from, as plain data (no name, source, eval settings)."""
+        fields = dataclasses.asdict(self)
+        return {key: value for key, value in fields.items() if key not in NOT_ARCHITECTURE}
+
     def replace(self, **changes) -> CoAtNetConfig:
-        """Return a copy with `changes` applied (validated again)."""
+        """Return a copy with `changes` applied (validated again).
+
+        `changes` name fields (`stem_dim=16`, `mbconv=MBConvConfig(...)`) or
+        the flat names of `FLAT_FIELDS` (`head_size=16`,
+        `conv_activation="silu"`), which set the sub-config fields they
+        stand for, after any sub-config given in the same call.
+        """
+        grouped: dict[str, dict] = {}
+        for flat in [key for key in changes if key in FLAT_FIELDS]:
+            value = changes.pop(flat)
+            for path in FLAT_FIELDS[flat]:
+                sub, field_name = path.split(".")
+                grouped.setdefault(sub, {})[field_name] = value
+        for sub, fields in grouped.items():
+            changes[sub] = dataclasses.replace(changes.get(sub, getattr(self, sub)), **fields)
         return dataclasses.replace(self, **changes)

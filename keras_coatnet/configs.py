@@ -10,10 +10,25 @@ lists models without TensorFlow).
 
 from __future__ import annotations
 
-from keras_coatnet.coatnet_config import CoAtNetConfig, StageConfig
+from keras_coatnet.coatnet_config import (
+    CoAtNetConfig,
+    HeadConfig,
+    MBConvConfig,
+    StageConfig,
+    TransformerConfig,
+)
 from keras_coatnet.naming import model_key
 
-__all__ = ["CONFIGS", "CoAtNetConfig", "StageConfig", "get_config", "timm_names"]
+__all__ = [
+    "CONFIGS",
+    "CoAtNetConfig",
+    "HeadConfig",
+    "MBConvConfig",
+    "StageConfig",
+    "TransformerConfig",
+    "get_config",
+    "timm_names",
+]
 
 
 def _cctt(depths, dims, **kwargs) -> CoAtNetConfig:
@@ -27,7 +42,7 @@ def _cctt(depths, dims, **kwargs) -> CoAtNetConfig:
         stem_depth=depths[0],
         stem_dim=dims[0],
         stages=stages,
-        head_hidden_size=dims[-1],
+        head=HeadConfig(hidden_size=dims[-1]),
         **kwargs,
     )
 
@@ -42,7 +57,11 @@ def _scaled(dims, **kwargs) -> CoAtNetConfig:
         for kind, depth, dim, stride in zip(kinds, depths, dims[1:], strides, strict=True)
     )
     return CoAtNetConfig(
-        stem_dim=dims[0], stages=stages, head_hidden_size=dims[-1], head_size=128, **kwargs
+        stem_dim=dims[0],
+        stages=stages,
+        head=HeadConfig(hidden_size=dims[-1]),
+        transformer=TransformerConfig(head_size=128),
+        **kwargs,
     )
 
 
@@ -68,7 +87,7 @@ CONFIGS: dict[str, CoAtNetConfig] = {
         (2, 2, 12, 28, 2),
         (192, 256, 512, 1280, 2048),
         name="coatnet-5",
-        head_size=64,
+        transformer=TransformerConfig(head_size=64),
         source="paper Table 11 (appendix A.2); timm coatnet_5_224 with head size 64",
     ),
     # Paper appendix A.2, Table 12: 2/3 of S2's MBConv blocks move into S3 at
@@ -89,7 +108,7 @@ CONFIGS: dict[str, CoAtNetConfig] = {
             StageConfig("transformer", 2, 96),
             StageConfig("transformer", 1, 128),
         ),
-        head_hidden_size=128,
+        head=HeadConfig(hidden_size=128),
         default_size=64,
         source="keras_coatnet: C-C-T-T at 1/20 of CoAtNet-0's width, for CPU demos",
     ),
@@ -102,7 +121,7 @@ CONFIGS: dict[str, CoAtNetConfig] = {
 _TIMM = "timm 1.0.31 maxxvit.py model_cfgs[{!r}]"
 
 
-def _timm_layout(dims, depths, stem, default_size=224, **kwargs):
+def _timm_layout(dims, depths, stem, **kwargs):
     """timm's `embed_dim`, `depths`, `stem_width` for a C-C-T-T model."""
     kinds = ("mbconv", "mbconv", "transformer", "transformer")
     stem_hidden, stem_dim = stem if isinstance(stem, tuple) else (None, stem)
@@ -113,31 +132,34 @@ def _timm_layout(dims, depths, stem, default_size=224, **kwargs):
             StageConfig(kind, depth, dim)
             for kind, depth, dim in zip(kinds, depths, dims, strict=True)
         ),
-        default_size=default_size,
         **kwargs,
     )
 
 
 # `_rw_coat_cfg`: the docstring's "common differences" of timm's first models.
-_RW_COAT = dict(
-    conv_activation="silu",
-    pre_norm_activation=True,
-    expand_from="input",
-    se_from="hidden",
-    se_activation="relu",
-    conv_output_bias=False,
-    mbconv_stride="pool",
-    attention_width="input",
+_RW_COAT = (
+    MBConvConfig(
+        activation="silu",
+        pre_norm_activation=True,
+        expand_from="input",
+        se_from="hidden",
+        se_activation="relu",
+        output_bias=False,
+        stride_mode="pool",
+    ),
+    TransformerConfig(attention_width="input"),
 )
 # `_rw_max_cfg` (MaxViT-style defaults; used by the nano models): no
 # activation after the pre-norm, SiLU squeeze-excite, strided depthwise conv.
-_RW_MAX = dict(
-    conv_activation="silu",
-    expand_from="input",
-    se_from="hidden",
-    se_ratio=1 / 16,
-    conv_output_bias=False,
-    attention_width="input",
+_RW_MAX = (
+    MBConvConfig(
+        activation="silu",
+        expand_from="input",
+        se_from="hidden",
+        se_ratio=1 / 16,
+        output_bias=False,
+    ),
+    TransformerConfig(attention_width="input"),
 )
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -148,75 +170,85 @@ _C3 = ((192, 384, 768, 1536), (96, 192))
 _NANO = ((64, 128, 256, 512), (32, 64))
 
 
-def _rw(cfg_name, dims_stem, depths, base, default_size=224, **overrides):
+def _rw(cfg_name, dims_stem, depths, base, mbconv=(), transformer=(), head=(), **fields):
+    """A timm row, `(name, config)`: `base`'s settings with the row's changes.
+
+    `base` is an `(MBConvConfig, TransformerConfig)` pair; `mbconv`,
+    `transformer` and `head` map sub-config fields to the row's values, and
+    `fields` are the other `CoAtNetConfig` fields.
+    """
     dims, stem = dims_stem
-    name = f"{cfg_name}_{default_size}"
+    fields.setdefault("default_size", 224)
+    name = f"{cfg_name}_{fields['default_size']}"
     return name, _timm_layout(
         dims,
         depths,
         stem,
-        default_size=default_size,
         name=name,
         source=_TIMM.format(cfg_name),
-        **{**base, **overrides},
+        mbconv=base[0].replace(**dict(mbconv)),
+        transformer=base[1].replace(**dict(transformer)),
+        head=HeadConfig(**dict(head)),
+        **fields,
     )
 
 
 _TIMM_ROWS = dict(
     [
-        _rw("coatnet_pico_rw", _NANO, (2, 3, 5, 2), _RW_MAX, conv_output_bias=True, se_ratio=0.25),
+        _rw(
+            "coatnet_pico_rw",
+            _NANO,
+            (2, 3, 5, 2),
+            _RW_MAX,
+            mbconv=dict(output_bias=True, se_ratio=0.25),
+        ),
         _rw(
             "coatnet_nano_rw",
             _NANO,
             (3, 4, 6, 3),
             _RW_MAX,
-            mbconv_stride="pool",
-            conv_output_bias=True,
-            se_ratio=0.25,
+            mbconv=dict(output_bias=True, se_ratio=0.25, stride_mode="pool"),
         ),
         _rw(
             "coatnet_0_rw",
             _C0,
             (2, 3, 7, 2),
             _RW_COAT,
-            se_before_norm=True,
-            transformer_shortcut_bias=False,
+            mbconv=dict(se_before_norm=True),
+            transformer=dict(shortcut_bias=False),
         ),
         _rw(
             "coatnet_1_rw",
             _C1,
             (2, 6, 14, 2),
             _RW_COAT,
-            mbconv_stride="depthwise",
-            se_before_norm=True,
-            transformer_shortcut_bias=False,
+            mbconv=dict(stride_mode="depthwise", se_before_norm=True),
+            transformer=dict(shortcut_bias=False),
         ),
         _rw(
             "coatnet_2_rw",
             _C2,
             (2, 6, 14, 2),
             _RW_COAT,
-            mbconv_stride="depthwise",
-            se_activation="silu",
+            mbconv=dict(stride_mode="depthwise", se_activation="silu"),
         ),
         _rw(
             "coatnet_3_rw",
             _C3,
             (2, 6, 14, 2),
             _RW_COAT,
-            mbconv_stride="depthwise",
-            se_activation="silu",
-            layer_scale=1e-6,
+            mbconv=dict(stride_mode="depthwise", se_activation="silu"),
+            transformer=dict(layer_scale=1e-6),
         ),
+        # BatchNorm in the transformer blocks and the head.
         _rw(
             "coatnet_bn_0_rw",
             _C0,
             (2, 3, 7, 2),
             _RW_COAT,
-            mbconv_stride="depthwise",
-            se_before_norm=True,
-            transformer_shortcut_bias=False,
-            transformer_norm="batchnorm",
+            mbconv=dict(stride_mode="depthwise", se_before_norm=True),
+            transformer=dict(shortcut_bias=False, norm="batchnorm"),
+            head=dict(norm="batchnorm"),
             mean=_IMAGENET_MEAN,
             std=_IMAGENET_STD,
         ),
@@ -225,38 +257,36 @@ _TIMM_ROWS = dict(
             _NANO,
             (3, 4, 6, 3),
             _RW_MAX,
-            conv_output_bias=True,
-            se_ratio=0.25,
-            relative_bias="mlp",
-            relative_mlp_dim=384,
+            mbconv=dict(output_bias=True, se_ratio=0.25),
+            transformer=dict(relative_bias="mlp", relative_mlp_dim=384),
         ),
         _rw(
             "coatnet_rmlp_0_rw",
             _C0,
             (2, 3, 7, 2),
             _RW_COAT,
-            mbconv_stride="depthwise",
-            relative_bias="mlp",
+            mbconv=dict(stride_mode="depthwise"),
+            transformer=dict(relative_bias="mlp"),
         ),
-        # timm: "rel_pos_dim=384, was supposed to be 512, woops"
+        # timm: "rel_pos_dim=384, was supposed to be 512, woops"; 3x3 max
+        # pooling in the shortcuts and the attention input (timm's `max`).
         _rw(
             "coatnet_rmlp_1_rw",
             _C1,
             (2, 6, 14, 2),
             _RW_COAT,
-            pool_type="max3",
-            se_before_norm=True,
-            transformer_shortcut_bias=False,
-            relative_bias="mlp",
-            relative_mlp_dim=384,
+            mbconv=dict(pool_type="max3", se_before_norm=True),
+            transformer=dict(
+                pool_type="max3", shortcut_bias=False, relative_bias="mlp", relative_mlp_dim=384
+            ),
         ),
         _rw(
             "coatnet_rmlp_1_rw2",
             _C1,
             (2, 6, 14, 2),
             _RW_COAT,
-            mbconv_stride="depthwise",
-            relative_bias="mlp",
+            mbconv=dict(stride_mode="depthwise"),
+            transformer=dict(relative_bias="mlp"),
         ),
         *[
             _rw(
@@ -265,10 +295,8 @@ _TIMM_ROWS = dict(
                 (2, 6, 14, 2),
                 _RW_COAT,
                 default_size=size,
-                mbconv_stride="depthwise",
-                se_activation="silu",
-                layer_scale=1e-6,
-                relative_bias="mlp",
+                mbconv=dict(stride_mode="depthwise", se_activation="silu"),
+                transformer=dict(layer_scale=1e-6, relative_bias="mlp"),
             )
             for size in (224, 384)
         ],
@@ -277,10 +305,8 @@ _TIMM_ROWS = dict(
             _C3,
             (2, 6, 14, 2),
             _RW_COAT,
-            mbconv_stride="depthwise",
-            se_activation="silu",
-            layer_scale=1e-6,
-            relative_bias="mlp",
+            mbconv=dict(stride_mode="depthwise", se_activation="silu"),
+            transformer=dict(layer_scale=1e-6, relative_bias="mlp"),
         ),
     ]
 )
@@ -293,7 +319,9 @@ _PAPER_ROWS = {
     for n in range(5)
 }
 _PAPER_ROWS["coatnet_5_224"] = CONFIGS["coatnet-5"].replace(
-    name="coatnet_5_224", head_size=32, source=_TIMM.format("coatnet_5")
+    name="coatnet_5_224",
+    transformer=TransformerConfig(head_size=32),
+    source=_TIMM.format("coatnet_5"),
 )
 CONFIGS.update(_PAPER_ROWS)
 CONFIGS.update(_TIMM_ROWS)

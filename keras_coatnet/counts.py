@@ -15,7 +15,6 @@ reads it):
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -35,8 +34,13 @@ class Counts:
 
 
 def fingerprint(config) -> str:
-    """A short digest of every field of `config`."""
-    text = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    """A short digest of what the counts depend on: the architecture and the size measured at.
+
+    Not `name`, `source`, `mean` or `std`: editing a citation or a
+    normalization leaves the counts, and the table, valid.
+    """
+    measured = {"architecture": config.architecture(), "size": config.default_size}
+    text = json.dumps(measured, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

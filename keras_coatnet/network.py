@@ -7,6 +7,8 @@ Layer names come from `keras_coatnet.naming` (they are the weight format).
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 
 from keras_coatnet.coatnet_config import check_image_size
@@ -63,90 +65,63 @@ def _input_shape(config, input_shape, input_tensor, include_preprocessing):
 
 def _stem_and_stages(x, config, drop_path_rate, cache_bias, sync_batchnorm=False, remat=False):
     """S0..S4 (`stage_features` finds the stages again by their names)."""
+    conv = config.mbconv  # the stem's convolution settings too, as in timm
     x = Stem(
         config.stem_dim,
         hidden_filters=config.stem_hidden_dim,
-        activation=config.conv_activation,
-        bn_epsilon=config.bn_epsilon,
-        bn_momentum=config.bn_momentum,
-        approximate_gelu=config.approximate_gelu,
-        padding=config.padding,
+        activation=conv.activation,
+        bn_epsilon=conv.bn_epsilon,
+        bn_momentum=conv.bn_momentum,
+        approximate_gelu=conv.approximate_gelu,
+        padding=conv.padding,
         sync_batchnorm=sync_batchnorm,
         name=STEM,
     )(x)
+    # Each block takes its sub-config's fields as arguments of the same names.
+    blocks = {
+        "mbconv": (MBConvBlock, dataclasses.asdict(config.mbconv)),
+        "transformer": (
+            TransformerBlock,
+            {**dataclasses.asdict(config.transformer), "cache_bias": cache_bias},
+        ),
+    }
     total = sum(stage.depth for stage in config.stages)
     index, channels = 0, config.stem_dim
     for s, stage in enumerate(config.stages, start=1):
+        block, settings = blocks[stage.block_type]
         for b in range(stage.depth):
-            # Rate grows linearly with depth, from 0 to drop_path_rate (timm's linspace).
-            rate = drop_path_rate * index / max(total - 1, 1)
-            common = dict(
+            x = block(
+                channels,
+                stage.dim,
                 strides=stage.stride if b == 0 else 1,
-                expand_ratio=config.expand_ratio,
-                drop_path_rate=rate,
-                approximate_gelu=config.approximate_gelu,
-                pool_type=config.pool_type,
+                # Rate grows linearly with depth, from 0 to drop_path_rate (timm's linspace).
+                drop_path_rate=drop_path_rate * index / max(total - 1, 1),
                 sync_batchnorm=sync_batchnorm,
                 remat=remat,
                 name=block_name(s, b),
-            )
-            if stage.block_type == "mbconv":
-                block = MBConvBlock(
-                    channels,
-                    stage.dim,
-                    expand_from=config.expand_from,
-                    se_ratio=config.se_ratio,
-                    se_from=config.se_from,
-                    se_activation=config.se_activation,
-                    se_before_norm=config.se_before_norm,
-                    activation=config.conv_activation,
-                    pre_norm_activation=config.pre_norm_activation,
-                    output_bias=config.conv_output_bias,
-                    stride_mode=config.mbconv_stride,
-                    bn_epsilon=config.bn_epsilon,
-                    bn_momentum=config.bn_momentum,
-                    padding=config.padding,
-                    **common,
-                )
-            else:
-                block = TransformerBlock(
-                    channels,
-                    stage.dim,
-                    head_size=config.head_size,
-                    attention_width=config.attention_width,
-                    norm=config.transformer_norm,
-                    ln_epsilon=config.ln_epsilon,
-                    bn_momentum=config.bn_momentum,
-                    shortcut_bias=config.transformer_shortcut_bias,
-                    layer_scale=config.layer_scale,
-                    relative_bias=config.relative_bias,
-                    relative_mlp_dim=config.relative_mlp_dim,
-                    cache_bias=cache_bias,
-                    **common,
-                )
-            x = block(x)
+                **settings,
+            )(x)
             channels, index = stage.dim, index + 1
     return x
 
 
-def _head_norm(config, sync_batchnorm=False):
-    if config.transformer_norm == "batchnorm":
-        return batch_norm(HEAD_NORM, config.ln_epsilon, config.bn_momentum, None, sync_batchnorm)
-    return keras.layers.LayerNormalization(epsilon=config.ln_epsilon, name=HEAD_NORM)
+def _head_norm(head, sync_batchnorm=False):
+    if head.norm == "batchnorm":
+        return batch_norm(HEAD_NORM, head.ln_epsilon, head.bn_momentum, None, sync_batchnorm)
+    return keras.layers.LayerNormalization(epsilon=head.ln_epsilon, name=HEAD_NORM)
 
 
-def _head(x, config, include_top, pooling, classes, classifier_activation, sync_batchnorm=False):
+def _head(x, head, include_top, pooling, classes, classifier_activation, sync_batchnorm=False):
+    """The classifier of the `HeadConfig` `head`, or the pooling of `include_top=False`."""
     if include_top:
-        if config.head_hidden_size:
+        if head.hidden_size:
             # The paper's head (timm's NormMlpClassifierHead): pool, norm, tanh pre-logits.
             x = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL)(x)
-            x = _head_norm(config, sync_batchnorm)(x)
-            x = keras.layers.Dense(
-                config.head_hidden_size, activation="tanh", name=HEAD_PRE_LOGITS
-            )(x)
+            x = _head_norm(head, sync_batchnorm)(x)
+            x = keras.layers.Dense(head.hidden_size, activation="tanh", name=HEAD_PRE_LOGITS)(x)
         else:
             # timm's rw head: norm every position of the map, then pool.
-            x = _head_norm(config, sync_batchnorm)(x)
+            x = _head_norm(head, sync_batchnorm)(x)
             x = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL)(x)
         return keras.layers.Dense(classes, activation=classifier_activation, name=HEAD_LAYER)(x)
     if pooling == "avg":
@@ -190,5 +165,5 @@ def build(
     if preprocessing is not None:
         x = Preprocessing(**preprocessing, name=PREPROCESSING)(x)
     x = _stem_and_stages(x, config, drop_path_rate, cache_bias, sync_batchnorm, remat)
-    x = _head(x, config, include_top, pooling, classes, classifier_activation, sync_batchnorm)
+    x = _head(x, config.head, include_top, pooling, classes, classifier_activation, sync_batchnorm)
     return keras.Model(inputs, x, name=name or keras_name(config.name))

@@ -4,6 +4,7 @@ The package reads the table; `tools/write_counts.py` (run from a checkout)
 writes it.
 """
 
+import json
 import os
 import sys
 
@@ -48,3 +49,26 @@ def test_the_tool_writes_what_the_package_reads(tmp_path):
     write_counts.write(path, names=["coatnet-digits"])
     assert counts.load(path) == {"coatnet-digits": TABLE["coatnet-digits"]}
     assert not hasattr(counts, "write")  # the package writes nothing into itself
+
+
+def test_the_tool_measures_stale_rows_or_only_stamps_fingerprints(tmp_path):
+    path = str(tmp_path / "model_counts.json")
+    digits, pico = "coatnet-digits", "coatnet_pico_rw_224"
+    fresh = counts.fingerprint(kc.CONFIGS[digits])
+    made_up = {
+        digits: {"params": 1, "macs": 2, "config": fresh},  # kept: its fingerprint is today's
+        pico: {"params": 3, "macs": 4, "config": "stale"},
+    }
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(made_up, f)
+    write_counts.write(path, names=[digits, pico], measure=False)
+    stamped = counts.load(path)
+    assert (stamped[pico].params, stamped[pico].macs) == (3, 4)
+    assert stamped[pico].config == counts.fingerprint(kc.CONFIGS[pico])
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(made_up, f)
+    write_counts.write(path, names=[digits, pico], stale=True)
+    assert counts.load(path) == {
+        digits: counts.Counts(1, 2, fresh),
+        pico: TABLE[pico],
+    }

@@ -45,7 +45,7 @@ def _analytic_params(config, size=224, classes=1000):
                 total += 2 * cin + cin * mid + 2 * mid + 9 * mid + 2 * mid
                 total += (mid * rd + rd) + (rd * mid + mid) + (mid * cout + cout)
             else:
-                heads = cout // config.head_size
+                heads = cout // config.transformer.head_size
                 total += 2 * cin + (cin * 3 * cout + 3 * cout) + (cout * cout + cout)
                 total += (2 * side - 1) ** 2 * heads + 2 * cout
                 total += (cout * 4 * cout + 4 * cout) + (4 * cout * cout + cout)

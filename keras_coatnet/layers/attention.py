@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_coatnet.coatnet_config import RELATIVE_BIASES, check_choice
 from keras_coatnet.resize import resize_square_table
 
 
@@ -97,8 +98,8 @@ class RelativeAttention(keras.layers.Layer):
         super().__init__(**kwargs)
         if filters % head_size:
             raise ValueError(f"filters={filters} must be a multiple of head_size={head_size}")
-        if bias_type not in ("table", "mlp"):
-            raise ValueError(f"bias_type must be 'table' or 'mlp', received: {bias_type!r}")
+        # TransformerConfig checks its `relative_bias` the same way.
+        check_choice("bias_type", bias_type, RELATIVE_BIASES)
         self.filters = filters
         self.head_size = head_size
         self.output_filters = output_filters or filters

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_coatnet.coatnet_config import MBConvConfig
 from keras_coatnet.layers._common import (
     activation,
     batch_norm,
@@ -72,7 +73,10 @@ class MBConvBlock(keras.layers.Layer):
     changes; otherwise the shortcut is the identity.
 
     The defaults are the paper's block (timm's `coatnet_N_224`); the other
-    options express timm's rw variants (see `CoAtNetConfig`).
+    options express timm's rw variants. `CoAtNetConfig.mbconv`, an
+    `MBConvConfig`, holds the arguments other than the channels, `strides`,
+    `drop_path_rate`, `sync_batchnorm` and `remat`, under the same names,
+    and checks them (as the block does through it).
 
     Args:
         input_filters: Channels of the input.
@@ -149,14 +153,6 @@ class MBConvBlock(keras.layers.Layer):
         self.remat = remat
         if strides not in (1, 2):
             raise ValueError(f"strides must be 1 or 2, received: {strides!r}")
-        if expand_from not in ("output", "input"):
-            raise ValueError(f"expand_from must be 'output' or 'input', received: {expand_from!r}")
-        if se_from not in ("output", "hidden"):
-            raise ValueError(f"se_from must be 'output' or 'hidden', received: {se_from!r}")
-        if stride_mode not in ("depthwise", "pool"):
-            raise ValueError(
-                f"stride_mode must be 'depthwise' or 'pool', received: {stride_mode!r}"
-            )
         self.input_filters = input_filters
         self.filters = filters
         self.strides = strides
@@ -176,6 +172,7 @@ class MBConvBlock(keras.layers.Layer):
         self.approximate_gelu = approximate_gelu
         self.padding = padding
         self.pool_type = pool_type
+        MBConvConfig.of(self)  # checks the settings with the config's own checks
         base = filters if expand_from == "output" else input_filters
         self.hidden_filters = int(base * expand_ratio)
         se_base = filters if se_from == "output" else self.hidden_filters

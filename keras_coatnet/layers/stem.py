@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_coatnet.coatnet_config import CONV_ACTIVATIONS, PADDINGS, check_choice
 from keras_coatnet.layers._common import (
     activation,
     batch_norm,
@@ -17,7 +18,9 @@ class Stem(keras.layers.Layer):
     """S0: conv 3x3 stride 2 -> BatchNorm -> activation -> conv 3x3.
 
     The second convolution has no norm: the first MBConv block's pre-norm
-    follows it, as in the paper and timm.
+    follows it, as in the paper and timm. The builder takes `activation`,
+    `bn_epsilon`, `bn_momentum`, `approximate_gelu` and `padding` from
+    `CoAtNetConfig.mbconv`.
 
     Args:
         filters: Output channels.
@@ -55,6 +58,9 @@ class Stem(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        # The checks of the same fields of MBConvConfig, where the builder takes them from.
+        check_choice("activation", activation, CONV_ACTIVATIONS)
+        check_choice("padding", padding, PADDINGS)
         self.sync_batchnorm = sync_batchnorm
         self.filters = filters
         self.hidden_filters = hidden_filters or filters

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_coatnet.coatnet_config import TransformerConfig
 from keras_coatnet.layers._common import (
     batch_norm,
     gelu,
@@ -27,7 +28,10 @@ class TransformerBlock(keras.layers.Layer):
     width change (CoAtNet-6/7's S3) the shortcut is `Proj(x)`.
 
     The defaults are the paper's block (timm's `coatnet_N_224`); the other
-    options express timm's rw variants (see `CoAtNetConfig`).
+    options express timm's rw variants. `CoAtNetConfig.transformer`, a
+    `TransformerConfig`, holds the arguments other than the channels,
+    `strides`, `drop_path_rate`, `cache_bias`, `sync_batchnorm` and `remat`,
+    under the same names, and checks them (as the block does through it).
 
     Args:
         input_filters: Channels of the input.
@@ -88,12 +92,6 @@ class TransformerBlock(keras.layers.Layer):
         self.remat = remat
         if strides not in (1, 2):
             raise ValueError(f"strides must be 1 or 2, received: {strides!r}")
-        if attention_width not in ("output", "input"):
-            raise ValueError(
-                f"attention_width must be 'output' or 'input', received: {attention_width!r}"
-            )
-        if norm not in ("layernorm", "batchnorm"):
-            raise ValueError(f"norm must be 'layernorm' or 'batchnorm', received: {norm!r}")
         self.input_filters = input_filters
         self.filters = filters
         self.strides = strides
@@ -111,6 +109,7 @@ class TransformerBlock(keras.layers.Layer):
         self.approximate_gelu = approximate_gelu
         self.pool_type = pool_type
         self.cache_bias = cache_bias
+        TransformerConfig.of(self)  # checks the settings with the config's own checks
         dt = self.dtype_policy
 
         def make_norm(name):
