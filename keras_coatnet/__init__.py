@@ -19,10 +19,13 @@ __version__ = "0.1.0"
 
 # The public API: name -> the module that defines it.
 _API = {
-    "CONFIGS": "keras_coatnet.configs",
-    "CoAtNetConfig": "keras_coatnet.configs",
-    "StageConfig": "keras_coatnet.configs",
-    "get_config": "keras_coatnet.configs",
+    "CONFIGS": "keras_coatnet.variants",
+    "CoAtNetConfig": "keras_coatnet.config",
+    "StageConfig": "keras_coatnet.config",
+    "MBConvConfig": "keras_coatnet.config",
+    "TransformerConfig": "keras_coatnet.config",
+    "HeadConfig": "keras_coatnet.config",
+    "get_config": "keras_coatnet.variants",
     "CoAtNet": "keras_coatnet.model",
     "CoAtNet0": "keras_coatnet.model",
     "CoAtNet1": "keras_coatnet.model",

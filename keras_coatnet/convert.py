@@ -8,8 +8,8 @@ the pretrained-weights path uses it; it is re-exported here.
 
 from __future__ import annotations
 
-from keras_coatnet.configs import get_config, timm_names
 from keras_coatnet.model import CoAtNet
+from keras_coatnet.variants import get_config, timm_names
 from keras_coatnet.weights.timm_mapping import load_timm_state_dict
 
 __all__ = ["architecture", "from_timm", "load_timm_state_dict", "timm_names"]

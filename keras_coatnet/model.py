@@ -16,8 +16,8 @@ import keras
 
 from keras_coatnet import network
 from keras_coatnet import weights as weights_lib
-from keras_coatnet.configs import CONFIGS, CoAtNetConfig, get_config
 from keras_coatnet.naming import POOLING_LAYERS, STEM, parse_block_name
+from keras_coatnet.variants import CONFIGS, CoAtNetConfig, get_config
 from keras_coatnet.weights import loader
 
 POOLINGS = (None, *POOLING_LAYERS)

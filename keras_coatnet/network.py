@@ -11,8 +11,7 @@ import dataclasses
 
 import keras
 
-from keras_coatnet.coatnet_config import check_image_size
-from keras_coatnet.configs import CoAtNetConfig
+from keras_coatnet.config import check_image_size
 from keras_coatnet.layers import MBConvBlock, Preprocessing, Stem, TransformerBlock
 from keras_coatnet.layers._common import batch_norm
 from keras_coatnet.naming import (
@@ -27,6 +26,7 @@ from keras_coatnet.naming import (
     block_name,
     keras_name,
 )
+from keras_coatnet.variants import CoAtNetConfig
 
 
 def _input_shape(config, input_shape, input_tensor, include_preprocessing):

@@ -10,7 +10,7 @@ from helpers import TINY
 
 import keras_coatnet as kc
 from keras_coatnet import counts
-from keras_coatnet.coatnet_config import (
+from keras_coatnet.config import (
     FLAT_FIELDS,
     CoAtNetConfig,
     HeadConfig,

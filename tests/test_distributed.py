@@ -42,7 +42,7 @@ def initial_weights(tmp_path_factory):
     code = textwrap.dedent(
         f"""
         import keras
-        from keras_coatnet.configs import get_config
+        from keras_coatnet.variants import get_config
         from keras_coatnet.training.trainer import build_model
         keras.utils.set_random_seed(0)
         build_model(get_config("coatnet-digits"), 32, 10).save_weights({path!r})
@@ -276,7 +276,7 @@ def test_model_parallel_processes_resume_and_train_like_one(model_parallel_pair,
 SHARDED_CHECKPOINT = """
 import json, sys
 import numpy as np
-from keras_coatnet.configs import get_config
+from keras_coatnet.variants import get_config
 from keras_coatnet.model import CoAtNet
 from keras_coatnet.training import RunConfig, distribution
 
@@ -337,7 +337,7 @@ def test_jax_weights_load_and_serve_on_tensorflow(tmp_path, one_process_run):
     np.save(tmp_path / "x.npy", x)
     load = (
         "import keras, numpy as np\n"
-        "from keras_coatnet.configs import get_config\n"
+        "from keras_coatnet.variants import get_config\n"
         "from keras_coatnet.model import CoAtNet\n"
         f"model = CoAtNet(get_config('coatnet-digits'), input_shape=(32, 32, 3), classes=10,"
         f" weights={weights!r})\n"

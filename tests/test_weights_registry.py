@@ -112,7 +112,7 @@ import sys, types
 package = types.ModuleType("keras_coatnet")
 package.__path__ = [sys.argv[1]]
 sys.modules["keras_coatnet"] = package
-import keras_coatnet.configs as configs
+import keras_coatnet.variants as configs
 import keras_coatnet.naming, keras_coatnet.preprocessing
 assert "numpy" not in sys.modules, "configs, naming or preprocessing imported numpy"
 import keras_coatnet.weights.registry as registry

@@ -39,7 +39,7 @@ def write(path: str = PATH, names=None, stale: bool = False, measure: bool = Tru
             fingerprints on them (see the module docstring).
     """
     from keras_coatnet import counts
-    from keras_coatnet.configs import CONFIGS
+    from keras_coatnet.variants import CONFIGS
 
     old = counts.load(path) if (stale or not measure) and os.path.exists(path) else {}
     table = {}

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from keras_coatnet.coatnet_config import check_image_size
+from keras_coatnet.config import check_image_size
 
 PROG = "coatnet"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
@@ -116,7 +116,7 @@ def closest(name: str, choices, n: int = 3) -> list[str]:
 
 def config(name: str):
     """The config of `name`, or a CLIError naming the closest valid names."""
-    from keras_coatnet.configs import CONFIGS, get_config
+    from keras_coatnet.variants import CONFIGS, get_config
 
     try:
         return get_config(name)

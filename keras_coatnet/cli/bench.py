@@ -105,7 +105,7 @@ def register(subparsers, parents) -> None:
 
 def run(args) -> int:
     from keras_coatnet.bench.options import resolve
-    from keras_coatnet.configs import timm_names
+    from keras_coatnet.variants import timm_names
 
     try:
         options = resolve(args, names=timm_names())

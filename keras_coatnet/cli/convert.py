@@ -64,8 +64,8 @@ def run(args):
     import_framework(args.verbose)
     import numpy as np
 
-    from keras_coatnet.configs import get_config
     from keras_coatnet.convert import from_timm
+    from keras_coatnet.variants import get_config
     from keras_coatnet.weights.hub import sha256_of
 
     pretrained = "." in args.model and not args.checkpoint

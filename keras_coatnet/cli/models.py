@@ -51,8 +51,8 @@ def register(subparsers, parents) -> None:
 
 
 def _matching(pattern: str) -> list[str]:
-    from keras_coatnet.configs import CONFIGS
     from keras_coatnet.naming import model_key
+    from keras_coatnet.variants import CONFIGS
 
     pattern = pattern.lower()
     names = [n for n in sorted(CONFIGS) if fnmatch.fnmatchcase(n.lower(), pattern)]
@@ -83,8 +83,8 @@ def _layout(config):
 
 def run_models(args):
     from keras_coatnet import counts
-    from keras_coatnet.configs import CONFIGS
     from keras_coatnet.naming import split_tag
+    from keras_coatnet.variants import CONFIGS
     from keras_coatnet.weights import registry
 
     names = _matching(args.filter)

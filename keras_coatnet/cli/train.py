@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 
 from keras_coatnet.cli._common import PROG, add_command, config, import_framework
-from keras_coatnet.configs import CONFIGS
 from keras_coatnet.training.config import (
     DISTRIBUTIONS,
     ENV_COORDINATOR,
@@ -26,6 +25,7 @@ from keras_coatnet.training.config import (
     PRECISIONS,
     RunConfig,
 )
+from keras_coatnet.variants import CONFIGS
 
 
 def register(subparsers, parents) -> None:

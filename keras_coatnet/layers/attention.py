@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_coatnet.coatnet_config import RELATIVE_BIASES, check_choice
+from keras_coatnet.config import RELATIVE_BIASES, check_choice
 from keras_coatnet.resize import resize_square_table
 
 

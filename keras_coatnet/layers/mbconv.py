@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_coatnet.coatnet_config import MBConvConfig
+from keras_coatnet.config import MBConvConfig
 from keras_coatnet.layers._common import (
     activation,
     batch_norm,

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_coatnet.coatnet_config import TransformerConfig
+from keras_coatnet.config import TransformerConfig
 from keras_coatnet.layers._common import (
     batch_norm,
     gelu,

@@ -10,8 +10,8 @@ import dataclasses
 import numbers
 
 from keras_coatnet._errors import at_least
-from keras_coatnet.coatnet_config import check_image_size
-from keras_coatnet.configs import CONFIGS, get_config
+from keras_coatnet.config import check_image_size
+from keras_coatnet.variants import CONFIGS, get_config
 
 # --mixed-precision -> the Keras dtype policy.
 PRECISIONS = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16", "off": "float32"}

@@ -212,8 +212,8 @@ def layout_map(
 
 def _abstract_model(config, build_kwargs):
     """The CoAtNet of `config`, its variables shapes without values."""
-    from keras_coatnet.configs import CoAtNetConfig, get_config
     from keras_coatnet.model import CoAtNet
+    from keras_coatnet.variants import CoAtNetConfig, get_config
 
     if isinstance(config, str):
         config = get_config(config)

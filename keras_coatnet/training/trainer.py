@@ -18,11 +18,11 @@ import time
 import keras
 import tensorflow as tf
 
-from keras_coatnet.configs import get_config
 from keras_coatnet.model import CoAtNet
 from keras_coatnet.training import data, distribution, recipe
 from keras_coatnet.training.callbacks import EpochSummary, ResumableBackup
 from keras_coatnet.training.config import PRECISIONS, RunConfig
+from keras_coatnet.variants import get_config
 
 
 def build_model(

@@ -23,10 +23,10 @@ import os
 from dataclasses import dataclass
 
 from keras_coatnet._errors import first_line
-from keras_coatnet.coatnet_config import is_image_size
-from keras_coatnet.configs import CONFIGS, timm_names
+from keras_coatnet.config import is_image_size
 from keras_coatnet.naming import model_key, split_tag
 from keras_coatnet.preprocessing import EvalSettings
+from keras_coatnet.variants import CONFIGS, timm_names
 from keras_coatnet.weights import checkpoint, hub, keras_file
 from keras_coatnet.weights.registry import (
     CHECKPOINT_FILE,

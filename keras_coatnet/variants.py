@@ -10,7 +10,7 @@ lists models without TensorFlow).
 
 from __future__ import annotations
 
-from keras_coatnet.coatnet_config import (
+from keras_coatnet.config import (
     CoAtNetConfig,
     HeadConfig,
     MBConvConfig,
