@@ -43,7 +43,7 @@ def main():
         params_text = f"{params:.2f}M" if params < 1000 else f"{params / 1e3:.3f}B"
         print(
             f"CoAtNet-{n:<2} {depths + ' / ' + dims:<44} {params_text:>9} {PAPER[n]:>6} "
-            f"{result.macs / 1e9:>8.2f}G {config.default_size:>5} {elapsed:>7.1f}",
+            f"{result.macs / 1e9:>8.2f}G {model.input_shape[1]:>5} {elapsed:>7.1f}",
             flush=True,
         )
         del model

@@ -288,7 +288,9 @@ FLAT_FIELDS: dict[str, tuple[str, ...]] = {
 }
 _SUB_CONFIGS = {"mbconv": MBConvConfig, "transformer": TransformerConfig, "head": HeadConfig}
 # Fields that do not change the network: not in `CoAtNetConfig.architecture()`.
-NOT_ARCHITECTURE = ("name", "source", "mean", "std", "default_size")
+NOT_ARCHITECTURE = ("name", "source")
+# Fields of earlier versions that belong to the weights, not the architecture.
+EVALUATION_FIELDS = ("mean", "std", "default_size")
 
 
 @dataclass(frozen=True)
@@ -306,11 +308,12 @@ class CoAtNetConfig:
             and padding), an `MBConvConfig`.
         transformer: The transformer blocks' settings, a `TransformerConfig`.
         head: The classifier head's settings, a `HeadConfig`.
-        mean: Per-channel input mean on the 0..1 scale used by the built-in
-            preprocessing.
-        std: Per-channel input std on the 0..1 scale.
-        default_size: Image side the variant is evaluated at.
         source: Where the numbers come from.
+
+    The input normalisation and the image size are not architecture: they
+    belong to the weights' evaluation settings
+    (`keras_coatnet.weights.eval_defaults(name)`: the checkpoint's, else a
+    documented default).
 
     The flat names of `FLAT_FIELDS` read as attributes (`config.head_size`
     is `config.transformer.head_size`) and are accepted by `replace`.
@@ -324,9 +327,6 @@ class CoAtNetConfig:
     mbconv: MBConvConfig = field(default_factory=MBConvConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    default_size: int = 224
     source: str = ""
 
     def __post_init__(self):
@@ -347,8 +347,6 @@ class CoAtNetConfig:
                 raise ValueError(
                     f"transformer width {stage.dim} is not a multiple of head_size={head_size}"
                 )
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError(f"mean and std need 3 values, received: {self.mean!r}, {self.std!r}")
 
     def __getattr__(self, name):
         # Only for names that are not attributes: the flat names of FLAT_FIELDS.
@@ -383,6 +381,14 @@ class CoAtNetConfig:
         `conv_activation="silu"`), which set the sub-config fields they
         stand for, after any sub-config given in the same call.
         """
+        moved = [key for key in changes if key in EVALUATION_FIELDS]
+        if moved:
+            raise ValueError(
+                f"{', '.join(moved)} belong to the weights' evaluation settings, not to "
+                f"CoAtNetConfig (received: {', '.join(f'{k}={changes[k]!r}' for k in moved)}); "
+                "the built-in preprocessing takes the weights' mean and std, and input_shape "
+                "sets the size"
+            )
         grouped: dict[str, dict] = {}
         for flat in [key for key in changes if key in FLAT_FIELDS]:
             value = changes.pop(flat)

@@ -36,10 +36,13 @@ class Counts:
 def fingerprint(config) -> str:
     """A short digest of what the counts depend on: the architecture and the size measured at.
 
-    Not `name`, `source`, `mean` or `std`: editing a citation or a
-    normalization leaves the counts, and the table, valid.
+    Not `name` or `source`: editing a citation leaves the counts, and the
+    table, valid. The size is the variant's evaluation size
+    (`weights.eval_defaults`).
     """
-    measured = {"architecture": config.architecture(), "size": config.default_size}
+    from keras_coatnet.weights.registry import eval_defaults
+
+    measured = {"architecture": config.architecture(), "size": eval_defaults(config.name)[1]}
     text = json.dumps(measured, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -52,7 +55,7 @@ def load(path: str = PATH) -> dict[str, Counts]:
 
 
 def measure(config) -> Counts:
-    """Build `config` at its default size with 1000 classes and count it."""
+    """Build `config` at its evaluation size with 1000 classes and count it."""
     import keras
 
     from keras_coatnet.model import CoAtNet

@@ -21,7 +21,9 @@ def preprocess_input(x, data_format=None):
     Models built with `include_preprocessing=True` (the default) take pixels
     in `[0, 255]`, so this returns `x` unchanged, as for ConvNeXt and
     EfficientNetV2 in keras.applications. With `include_preprocessing=False`
-    feed `(x / 255 - config.mean) / config.std` yourself.
+    feed `(x / 255 - mean) / std` yourself, with the weights' own statistics
+    (`keras_coatnet.preprocessing.eval_settings(model)`, or
+    `keras_coatnet.weights.eval_defaults(name)[0]` for a model without weights).
 
     Args:
         x: Images, channels last, values in `[0, 255]`.

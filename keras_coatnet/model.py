@@ -72,7 +72,8 @@ def CoAtNet(
             `keras_coatnet.weights.resolve`. Defaults to `None`.
         input_tensor: Optional Keras tensor to use as the image input.
         input_shape: `(height, width, channels)`; height and width must be
-            static multiples of 32. Defaults to the variant's default size.
+            static multiples of 32. Defaults to the size its weights are
+            evaluated at (`keras_coatnet.weights.eval_defaults(config.name)`).
         pooling: With `include_top=False`: `None` returns the S4 feature map,
             `"avg"` or `"max"` a pooled vector.
         classes: Number of classes of the head. Defaults to the weights'
@@ -83,7 +84,8 @@ def CoAtNet(
             logits. Defaults to `"softmax"`.
         include_preprocessing: Include a layer that maps pixels in `[0, 255]`
             to `(x / 255 - mean) / std`, with the mean and std of the
-            weights' checkpoint (else of the architecture); the layer also
+            weights' checkpoint (else `keras_coatnet.weights.eval_defaults`:
+            the variant's default tag's, or timm's defaults); the layer also
             keeps the checkpoint's evaluation settings
             (`keras_coatnet.preprocessing.eval_settings`). Defaults to `True`.
         drop_path_rate: Stochastic depth rate of the last block; earlier
@@ -124,13 +126,15 @@ def CoAtNet(
     # 1. The weights, resolved to data: a local file, its head, its settings.
     resolved = weights_lib.resolve(weights, config)
     classes = _classes(classes, resolved)
-    # 2. The one model.
+    # 2. The one model, normalising as its weights were trained (else the defaults).
+    defaults, default_size = weights_lib.eval_defaults(config.name)
     preprocessing = None
     if include_preprocessing:
         settings = resolved.eval_settings if resolved is not None else None
+        normalisation = settings or defaults
         preprocessing = {
-            "mean": settings.mean if settings else config.mean,
-            "std": settings.std if settings else config.std,
+            "mean": normalisation.mean,
+            "std": normalisation.std,
             "eval_settings": settings,
         }
     model = network.build(
@@ -138,6 +142,7 @@ def CoAtNet(
         include_top=include_top,
         input_tensor=input_tensor,
         input_shape=input_shape,
+        default_size=default_size,
         pooling=pooling,
         classes=classes,
         classifier_activation=classifier_activation,

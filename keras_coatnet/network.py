@@ -29,7 +29,7 @@ from keras_coatnet.naming import (
 from keras_coatnet.variants import CoAtNetConfig
 
 
-def _input_shape(config, input_shape, input_tensor, include_preprocessing):
+def _input_shape(default_size, input_shape, input_tensor, include_preprocessing):
     """Resolve and check the (H, W, C) input shape."""
     if keras.config.image_data_format() != "channels_last":
         raise ValueError(
@@ -39,7 +39,7 @@ def _input_shape(config, input_shape, input_tensor, include_preprocessing):
     if input_shape is None and input_tensor is not None:
         input_shape = tuple(input_tensor.shape[1:])
     if input_shape is None:
-        input_shape = (config.default_size, config.default_size, 3)
+        input_shape = (default_size, default_size, 3)
     input_shape = tuple(input_shape)
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (height, width, channels), received: {input_shape}")
@@ -136,6 +136,7 @@ def build(
     include_top: bool,
     input_tensor,
     input_shape,
+    default_size: int,
     pooling,
     classes: int,
     classifier_activation,
@@ -149,12 +150,14 @@ def build(
     """The functional model of `config`, with fresh weights.
 
     Args:
+        default_size: The image side when neither `input_shape` nor
+            `input_tensor` gives one (the weights' evaluation size).
         preprocessing: The `Preprocessing` layer's arguments (`mean`, `std`,
             `eval_settings`), or `None` for no preprocessing layer.
 
     The other arguments are `keras_coatnet.CoAtNet`'s, already checked.
     """
-    input_shape = _input_shape(config, input_shape, input_tensor, preprocessing is not None)
+    input_shape = _input_shape(default_size, input_shape, input_tensor, preprocessing is not None)
     if input_tensor is None:
         inputs = keras.Input(shape=input_shape, name=INPUT)
     elif not keras.backend.is_keras_tensor(input_tensor):

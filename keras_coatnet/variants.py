@@ -109,7 +109,6 @@ CONFIGS: dict[str, CoAtNetConfig] = {
             StageConfig("transformer", 1, 128),
         ),
         head=HeadConfig(hidden_size=128),
-        default_size=64,
         source="keras_coatnet: C-C-T-T at 1/20 of CoAtNet-0's width, for CPU demos",
     ),
 }
@@ -161,8 +160,6 @@ _RW_MAX = (
     ),
     TransformerConfig(attention_width="input"),
 )
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 _C0 = ((96, 192, 384, 768), (32, 64))
 _C1 = ((96, 192, 384, 768), (32, 64))
 _C2 = ((128, 256, 512, 1024), (64, 128))
@@ -178,8 +175,7 @@ def _rw(cfg_name, dims_stem, depths, base, mbconv=(), transformer=(), head=(), *
     `fields` are the other `CoAtNetConfig` fields.
     """
     dims, stem = dims_stem
-    fields.setdefault("default_size", 224)
-    name = f"{cfg_name}_{fields['default_size']}"
+    name = f"{cfg_name}_{fields.pop('size', 224)}"
     return name, _timm_layout(
         dims,
         depths,
@@ -249,8 +245,6 @@ _TIMM_ROWS = dict(
             mbconv=dict(stride_mode="depthwise", se_before_norm=True),
             transformer=dict(shortcut_bias=False, norm="batchnorm"),
             head=dict(norm="batchnorm"),
-            mean=_IMAGENET_MEAN,
-            std=_IMAGENET_STD,
         ),
         _rw(
             "coatnet_rmlp_nano_rw",
@@ -294,7 +288,7 @@ _TIMM_ROWS = dict(
                 _C2,
                 (2, 6, 14, 2),
                 _RW_COAT,
-                default_size=size,
+                size=size,
                 mbconv=dict(stride_mode="depthwise", se_activation="silu"),
                 transformer=dict(layer_scale=1e-6, relative_bias="mlp"),
             )

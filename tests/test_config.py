@@ -163,8 +163,7 @@ def test_sub_configs_round_trip_through_a_built_block():
 
 def test_fingerprint_covers_the_architecture_only():
     digits = kc.CONFIGS["coatnet-digits"]
-    same = digits.replace(name="other", source="elsewhere", mean=(0.1,) * 3, std=(0.2,) * 3)
-    assert counts.fingerprint(same) == counts.fingerprint(digits)
+    assert counts.fingerprint(digits.replace(source="elsewhere")) == counts.fingerprint(digits)
     assert counts.fingerprint(kc.CONFIGS["coatnet_0_224"]) == counts.fingerprint(
         kc.CONFIGS["coatnet-0"]
     )
@@ -173,7 +172,7 @@ def test_fingerprint_covers_the_architecture_only():
         dict(transformer_norm="batchnorm"),
         dict(head=HeadConfig(hidden_size=64)),
         dict(stem_hidden_dim=16),
-        dict(default_size=96),  # the size the counts are measured at
+        dict(name="coatnet-0"),  # another evaluation size: 224 against the digits' 64
     ):
         assert counts.fingerprint(digits.replace(**change)) != counts.fingerprint(digits), change
 
@@ -183,8 +182,35 @@ def test_architecture_is_plain_data_without_name_or_eval_settings():
     assert set(architecture) == {f.name for f in dataclasses.fields(CoAtNetConfig)} - {
         "name",
         "source",
-        "mean",
-        "std",
-        "default_size",
     }
     assert architecture["transformer"]["head_size"] == 16
+
+
+# -- evaluation settings belong to the weights -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,size,mean",
+    [
+        ("coatnet-0", 224, (0.5, 0.5, 0.5)),  # no weights: timm's _cfg defaults
+        ("coatnet-digits", 64, (0.5, 0.5, 0.5)),  # trained here on 64 px scans
+        ("coatnet_rmlp_2_rw_384", 384, (0.5, 0.5, 0.5)),  # its tag's size
+        ("coatnet_bn_0_rw_224", 224, (0.485, 0.456, 0.406)),  # its tag's ImageNet statistics
+    ],
+)
+def test_models_without_weights_take_their_evaluation_defaults(name, size, mean):
+    from keras_coatnet.naming import PREPROCESSING
+    from keras_coatnet.weights import eval_defaults
+
+    settings, default_size = eval_defaults(name)
+    assert (default_size, settings.mean) == (size, mean)
+    if name != "coatnet_rmlp_2_rw_384":  # the same rule, without building a big model
+        model = kc.create_model(name)
+        assert model.input_shape[1:] == (size, size, 3)
+        assert model.get_layer(PREPROCESSING).mean == mean
+
+
+def test_evaluation_fields_are_not_architecture():
+    with pytest.raises(ValueError, match=r"mean, default_size belong to the weights' evaluation"):
+        kc.CONFIGS["coatnet-0"].replace(mean=(0.1, 0.1, 0.1), default_size=96)
+    assert not hasattr(kc.CONFIGS["coatnet-0"], "default_size")

@@ -21,7 +21,7 @@ def test_registry_entries_are_consistent():
     for tag, entry in kw.REGISTRY.items():
         assert entry.tag == tag and entry.repo_id == f"timm/{tag}"
         assert tag.startswith(entry.model + ".") and entry.model in kc.CONFIGS
-        assert entry.image_size == kc.CONFIGS[entry.model].default_size
+        assert entry.model.endswith(f"_{entry.image_size}")  # timm names carry the size
         assert entry.licence == "Apache-2.0"
         assert entry.num_classes in (1000, 11821)
         if entry.num_classes == 11821:

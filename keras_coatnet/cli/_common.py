@@ -130,7 +130,9 @@ def config(name: str):
 
 def image_size(size, config) -> int:
     if size is None:
-        return config.default_size
+        from keras_coatnet.weights.registry import eval_defaults
+
+        return eval_defaults(config.name)[1]
     return check_image_size(size)
 
 

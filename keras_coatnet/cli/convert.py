@@ -65,7 +65,6 @@ def run(args):
     import numpy as np
 
     from keras_coatnet.convert import from_timm
-    from keras_coatnet.variants import get_config
     from keras_coatnet.weights.hub import sha256_of
 
     pretrained = "." in args.model and not args.checkpoint
@@ -99,8 +98,8 @@ def run(args):
         resized.load_state_dict(checkpoint_filter_fn(reference.state_dict(), resized))
         reference, height = resized.eval(), size
     pixels = np.random.RandomState(0).uniform(0, 255, (2, height, height, 3)).astype("float32")
-    config = get_config(reference.pretrained_cfg["architecture"])
-    normalized = (pixels / 255.0 - np.array(config.mean)) / np.array(config.std)
+    cfg = reference.pretrained_cfg  # the normalisation timm evaluates these weights with
+    normalized = (pixels / 255.0 - np.array(cfg["mean"])) / np.array(cfg["std"])
     with torch.no_grad():
         want = reference(torch.from_numpy(normalized.astype("float32").transpose(0, 3, 1, 2)))
     got = np.asarray(model(pixels, training=False))

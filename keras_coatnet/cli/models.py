@@ -106,7 +106,7 @@ def run_models(args):
                 dims,
                 human(counted.params),
                 human(counted.macs, MAC_UNITS),
-                config.default_size,
+                registry.eval_defaults(name)[1],
                 ", ".join(split_tag(t)[1] for t in tags) or "-",
             )
         )

@@ -23,6 +23,7 @@ from keras_coatnet.training import data, distribution, recipe
 from keras_coatnet.training.callbacks import EpochSummary, ResumableBackup
 from keras_coatnet.training.config import PRECISIONS, RunConfig
 from keras_coatnet.variants import get_config
+from keras_coatnet.weights.registry import eval_defaults
 
 
 def build_model(
@@ -126,7 +127,7 @@ def _train(run: RunConfig, placement) -> dict:
             f"--batch-size {rec.batch_size} is not divisible by the {placement.replicas} replicas"
         )
     config = get_config(run.model_name)
-    size = run.image_size or config.default_size
+    size = run.image_size or eval_defaults(config.name)[1]
     dataset = run.dataset
     if dataset is None:
         dataset = data.write_digits_tree(os.path.join(tempfile.gettempdir(), "coatnet_digits"))

@@ -137,6 +137,36 @@ def default_tag(model: str) -> str | None:
     return None
 
 
+def pretrained_entry(model: str) -> WeightsEntry | None:
+    """The entry whose settings `model`'s weights use by default: its default tag's,
+    else its first tag's; `None` for a model without weights."""
+    tag = default_tag(model) or next(iter(list_weights(model)), None)
+    return None if tag is None else REGISTRY[tag]
+
+
+# The one place for the evaluation defaults of architectures without pretrained
+# weights (the paper's CoAtNet-0..7, timm variants timm publishes no weights for,
+# configs of one's own): timm's `_cfg` defaults, 224 px, crop 0.95, bicubic,
+# mean = std = 0.5 (`EvalSettings()`). The digits model is this package's own:
+# `coatnet train` trains it on 64 px scans.
+DEFAULT_IMAGE_SIZE = 224
+OWN_IMAGE_SIZES = {"coatnet_digits": 64}
+
+
+def eval_defaults(model: str) -> tuple[EvalSettings, int]:
+    """`(evaluation settings, image size)` of `model` (a variant name) when nothing else says.
+
+    Those of its pretrained weights (`pretrained_entry`), else the documented
+    defaults above. The builder normalises with them when it loads no
+    weights, and takes the size as the default `input_shape`; `coatnet`
+    commands and the counts table use the size too.
+    """
+    entry = pretrained_entry(model)
+    if entry is not None:
+        return entry.eval_settings, entry.image_size
+    return EvalSettings(), OWN_IMAGE_SIZES.get(model_key(model), DEFAULT_IMAGE_SIZE)
+
+
 def get_entry(tag: str) -> WeightsEntry:
     """The entry of `tag`; a `ValueError` with the closest tags if unknown."""
     if tag not in REGISTRY:

@@ -34,7 +34,9 @@ from keras_coatnet.weights.registry import (
     REGISTRY,
     closest_tags,
     default_tag,
+    eval_defaults,
     list_weights,
+    pretrained_entry,
 )
 
 HF_PREFIX = "hf://"
@@ -157,10 +159,10 @@ def _from_local_checkpoint(path: str, config) -> ResolvedWeights:
 
 
 def _default_settings(config):
-    tag = default_tag(config.name) or next(iter(list_weights(config.name)), None)
-    if tag is None:
-        return None, config.default_size
-    entry = REGISTRY[tag]
+    """A bare checkpoint's settings: its architecture's weights', `None` if it has none."""
+    entry = pretrained_entry(config.name)
+    if entry is None:
+        return None, eval_defaults(config.name)[1]
     return entry.eval_settings, entry.image_size
 
 
@@ -254,7 +256,8 @@ def _timm_config(path: str, config, source: str):
         )
     cfg = data.get("pretrained_cfg") or {}
     settings = EvalSettings.from_pretrained_cfg(cfg, source)
-    input_size = cfg.get("input_size") or [3, config.default_size, config.default_size]
+    default = eval_defaults(config.name)[1]
+    input_size = cfg.get("input_size") or [3, default, default]
     size = int(input_size[-1])
     if not is_image_size(size) or int(input_size[-2]) != size:
         raise ValueError(f"{source}: input_size {input_size} is not square multiples of 32")
