@@ -63,7 +63,7 @@ def CoAtNet(
         weights: `None` (random initialization); `"imagenet"` (timm's
             default tag of the architecture) or a tag such as `"sw_in1k"` /
             `"coatnet_0_rw_224.sw_in1k"`, fetched from the Hugging Face Hub
-            and converted without torch (cached after the first load);
+            (into its cache), checked and mapped into this model without torch;
             `"hf://owner/repo[@revision]"`, any timm-format CoAtNet
             checkpoint on the Hub; or the path to a timm `model.safetensors`
             or to a `.weights.h5` file of the same architecture. The whole

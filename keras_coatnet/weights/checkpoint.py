@@ -1,7 +1,8 @@
 """timm checkpoints (safetensors) read as NumPy: their head, their tensors, pickles refused.
 
-No torch: `safetensors.numpy` reads the file; `weights.timm_mapping` maps
-timm's names onto the model being built. Nothing is converted ahead or
+No torch: `safetensors` checks the file and reads its head's shape when it is
+resolved; `TensorFile` reads its tensors one at a time; `weights.timm_mapping`
+maps timm's names onto the model being built. Nothing is converted ahead or
 cached beside the Hub's own cache: mapping the safetensors again is faster
 than loading a converted `.weights.h5` was (docs/WEIGHTS.md has the figures).
 """
@@ -41,26 +42,6 @@ def _is_pickle(path: str) -> bool:
     with open(path, "rb") as f:
         head = f.read(4)
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # torch zip / raw pickle
-
-
-def read_state(path: str, name: str | None = None) -> dict[str, np.ndarray]:
-    """All tensors of a safetensors file as NumPy arrays.
-
-    Raises:
-        ValueError: For a pickle, or a file that is not safetensors (named).
-    """
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    name = name or repr(path)
-    if _is_pickle(path):
-        raise ValueError(pickle_refusal(name))
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError, TypeError) as error:
-        raise ValueError(
-            f"{name} is not a readable safetensors file: {first_line(error)}"
-        ) from None
 
 
 def head_classes_of_file(path: str, name: str | None = None) -> int:

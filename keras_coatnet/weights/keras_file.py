@@ -23,6 +23,7 @@ import os
 import h5py
 import numpy as np
 
+from keras_coatnet._errors import first_line
 from keras_coatnet.naming import ATTENTION, HEAD_LAYER, HEAD_LAYERS
 from keras_coatnet.resize import square_side
 
@@ -74,8 +75,10 @@ def read_structure(path) -> dict:
     path = check_path(path)
     try:
         return file_structure(path)
-    except OSError as e:
-        raise ValueError(f"weights file {path!r} is not a readable HDF5 file: {e}") from None
+    except OSError as error:
+        raise ValueError(
+            f"weights file {path!r} is not a readable .weights.h5 (HDF5) file: {first_line(error)}"
+        ) from None
 
 
 def structure_classes(structure) -> int | None:

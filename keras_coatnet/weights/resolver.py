@@ -22,7 +22,6 @@ import json
 import os
 from dataclasses import dataclass
 
-from keras_coatnet._errors import first_line
 from keras_coatnet.config import is_image_size
 from keras_coatnet.naming import model_key, split_tag
 from keras_coatnet.preprocessing import EvalSettings
@@ -122,12 +121,7 @@ def _from_file(path: str, config) -> ResolvedWeights:
 
 
 def _keras_file(path, source) -> ResolvedWeights:
-    try:
-        structure = keras_file.file_structure(path)
-    except OSError as error:
-        raise ValueError(
-            f"weights file {path!r} is not a readable .weights.h5 (HDF5) file: {first_line(error)}"
-        ) from None
+    structure = keras_file.read_structure(path)
     return ResolvedWeights(
         path=path,
         source=source,

@@ -290,7 +290,6 @@ def _load(model, state: _State, windows, skip_head) -> None:
 
 def _plan_head(plan, model, skip_head):
     names = {layer.name for layer in model.layers}
-    plan.head_skipped = False
     if HEAD_LAYER not in names:
         if not skip_head:
             raise ValueError("load_timm_state_dict needs a model with include_top=True")
