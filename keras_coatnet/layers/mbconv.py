@@ -122,6 +122,9 @@ class MBConvBlock(keras.layers.Layer):
 
     fold_batch_norm = True
     pointwise_as_matmul = True
+    # Set by an export while it traces (`serving.tf_graph`): a function of the
+    # block's input computing the residual branch at inference.
+    inference_branch = None
 
     def __init__(
         self,
@@ -245,6 +248,8 @@ class MBConvBlock(keras.layers.Layer):
             shortcut = pool2x2(shortcut, self.pool_type)
         if self.shortcut is not None:
             shortcut = self.shortcut(shortcut)
+        if not training and self.inference_branch is not None:
+            return shortcut + self.inference_branch(inputs)
         if not training and self.fold_batch_norm:
             return shortcut + self._folded_branch(inputs)
         x = self.pre_norm(inputs, training=training)

@@ -44,6 +44,9 @@ class Stem(keras.layers.Layer):
     """
 
     fold_batch_norm = True
+    # Set by an export while it traces (`serving.tf_graph`): a function of the
+    # input computing the stem at inference.
+    inference_branch = None
 
     def __init__(
         self,
@@ -88,6 +91,8 @@ class Stem(keras.layers.Layer):
         self.conv2.build(mid)
 
     def call(self, inputs, training=None):
+        if not training and self.inference_branch is not None:
+            return self.inference_branch(inputs)
         x = pad_symmetric(inputs) if self.padding == "symmetric" else inputs
         if not training and self.fold_batch_norm:
             # BatchNorm folded into conv1: one bias add (fused into the conv) instead of two passes.
