@@ -74,9 +74,9 @@ def test_prepared_graph_has_no_pad_and_three_pass_gelus():
     def count(nodes, op):
         return sum(node.op == op for node in nodes)
 
-    # The symmetric pads of the stem and the stride-2 depthwise convolutions
-    # (the tiny model has 2 stride-2 MBConv blocks) become explicit padding.
-    assert count(before, "Pad") == 3 and count(after, "Pad") == 0
+    # The stem's symmetric pad becomes its convolution's explicit padding; the
+    # 2 stride-2 depthwise convolutions keep theirs (see the module docstring).
+    assert count(before, "Pad") == 3 and count(after, "Pad") == 2
     # The exact GELU was x * 0.5 * (1 + erf(x / sqrt 2)); prepared, erf reads the
     # BiasAdd (or the depthwise output plus bias) directly, no Mul before it.
     by_name = {node.name: node for node in after}
@@ -95,3 +95,39 @@ def test_convolution_stages_per_image_equal_the_whole_batch(batch, per_step):
     got = call(tf.constant(x)).numpy()
     assert got.shape == (batch, 10)
     np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-5)
+
+
+ONEDNN_CHILD = """
+import sys
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.util import _pywrap_util_port
+loaded = tf.saved_model.load(sys.argv[1])
+x = np.load(sys.argv[2])
+out = loaded.signatures["serving_default"](images=tf.constant(x))["logits"].numpy()
+np.save(sys.argv[3], out)
+print(_pywrap_util_port.IsMklEnabled())
+"""
+
+
+def test_the_export_runs_with_onednn_on(tmp_path):
+    """TF Serving on AVX512_VNNI / AMX CPUs runs with oneDNN on: the export must not abort there."""
+    import os
+    import subprocess
+    import sys
+
+    model = tiny_model(classifier_activation=None)
+    randomize(model)
+    target = kc.export(model, tmp_path / "model", outputs="logits")
+    x = images((2, 64, 64, 3))
+    np.save(tmp_path / "x.npy", x)
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    child = subprocess.run(
+        [sys.executable, "-c", ONEDNN_CHILD, target, tmp_path / "x.npy", tmp_path / "y.npy"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.split()[-1] == "True"  # oneDNN was on
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model.predict(x, verbose=0), atol=1e-5)

@@ -19,8 +19,11 @@ export, in float64:
   `gelu(y) = (z + z erf(z)) / sqrt(2)`; the `1/sqrt(2)` before it goes into
   the kernel and bias that produce `y`, the one after it into the next
   linear map (depthwise kernel, squeeze-excite reduction, projection);
-- the symmetric padding of the stride-2 convolutions as the convolution's
-  explicit padding instead of a `Pad` copy of the map.
+- the stem's symmetric padding as its convolution's explicit padding
+  instead of a `Pad` copy of the image. (The stride-2 depthwise
+  convolutions keep their `Pad`: with oneDNN on, TensorFlow 2.21 aborts on
+  a depthwise convolution with explicit padding followed by a bias add,
+  "tensor_format.h:428 Check failed ... Invalid index from the dimension".)
 
 The function is the same; the logits move by rounding only (the export
 tests hold them to the Keras model). Only the SavedModel uses this graph:
@@ -184,7 +187,7 @@ def _mbconv(block):
     )
     se_act = _Activation(se.activation, False)
     strides = block.dw_strides
-    padding = _explicit_padding(strides == 2 and block.padding == "symmetric")
+    pad_first = strides == 2 and block.padding == "symmetric"
     pool_first = block.strides == 2 and block.stride_mode == "pool"
 
     def pointwise(x, kernel, bias, channels):
@@ -209,6 +212,9 @@ def _mbconv(block):
             x = tf.nn.avg_pool2d(x, 2, 2, "VALID")
         y, shape = pointwise(x, w["kernel1"], w["bias1"], hidden)
         x = tf.reshape(act.fn(y), shape)
+        if pad_first:
+            x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+        padding = "VALID" if pad_first else "SAME"
         x = tf.nn.depthwise_conv2d(x, w["depthwise"], [1, strides, strides, 1], padding)
         if block.se_before_norm:
             x = squeeze_excite(x)
