@@ -246,7 +246,11 @@ def test_the_saved_model_holds_the_weights_and_one_copy_of_the_biases(tmp_path, 
     weights = 4 * model.count_params()
     assert bias > 10 * weights
     target = kc.export(model, tmp_path / "big")
-    assert _bytes_under(target) < 1.1 * (weights + bias)
+    # Besides: the warm-up requests, one float32 picture and a JPEG of it.
+    warmup = os.path.getsize(os.path.join(target, "assets.extra", "tf_serving_warmup_requests"))
+    picture = 4 * 384 * 384 * 3
+    assert picture < warmup < 1.05 * picture
+    assert _bytes_under(target) - warmup < 1.1 * (weights + bias)
     x = images((2, 384, 384, 3))
     out = tf.saved_model.load(target).signatures["serving_default"](images=tf.constant(x))
     np.testing.assert_allclose(out["probabilities"].numpy(), model.predict(x, verbose=0), atol=1e-6)
@@ -413,3 +417,73 @@ def test_jpegs_with_bytes_after_the_end_marker_are_served(exported):
     # Cut before its end marker, it is still refused as truncated.
     with pytest.raises(tf.errors.InvalidArgumentError, match="truncated JPEG"):
         serve(image_bytes=tf.constant([jpeg[: len(jpeg) - 40] + b"trailing metadata"]))
+
+
+def _warmup_records(version_dir):
+    """The warm-up file parsed as TF Serving parses it: {signature name: PredictRequest}."""
+    prediction_log_pb2 = pytest.importorskip("tensorflow_serving.apis.prediction_log_pb2")
+    import tensorflow as tf
+
+    file = os.path.join(version_dir, "assets.extra", "tf_serving_warmup_requests")
+    records = [r.numpy() for r in tf.data.TFRecordDataset(file)]
+    logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in records]
+    assert [log.WhichOneof("log_type") for log in logs] == ["predict_log"] * 2
+    requests = [log.predict_log.request for log in logs]
+    # Nothing dropped as an unknown field: the parse re-encodes to the same bytes.
+    for log, record in zip(logs, records, strict=True):
+        assert log.SerializeToString(deterministic=True) == record
+    return {request.model_spec.signature_name: request for request in requests}
+
+
+def test_warmup_records_hold_one_valid_request_per_signature(exported):
+    import tensorflow as tf
+
+    _, _, first, second = exported
+    requests = _warmup_records(first)
+    assert sorted(requests) == ["serving_bytes", "serving_default"]
+    assert all(r.model_spec.name == "" for r in requests.values())
+    images_request, bytes_request = requests["serving_default"], requests["serving_bytes"]
+    assert list(images_request.inputs) == ["images"]
+    assert list(bytes_request.inputs) == ["image_bytes"]
+    pixels = tf.make_ndarray(images_request.inputs["images"])
+    assert pixels.dtype == np.float32 and pixels.shape == (1, 64, 64, 3)
+    assert pixels.min() >= 0 and pixels.max() <= 255 and pixels.std() > 30
+    encoded = tf.make_ndarray(bytes_request.inputs["image_bytes"])
+    assert encoded.dtype == object and encoded.shape == (1,)
+    assert encoded[0][:2] == b"\xff\xd8"  # a JPEG
+    # Deterministic: every export of this size writes the same file.
+    file = os.path.join("assets.extra", "tf_serving_warmup_requests")
+    with open(os.path.join(first, file), "rb") as a, open(os.path.join(second, file), "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_warmup_records_replay_like_direct_calls(exported):
+    """Each record, fed to its signature, answers what the same inputs give directly."""
+    import tensorflow as tf
+
+    from keras_coatnet.preprocessing import EvalSettings, eval_settings, eval_transform
+
+    model, _, first, _ = exported
+    requests = _warmup_records(first)
+    signatures = tf.saved_model.load(first).signatures
+    replies = {
+        name: signatures[name](
+            **{key: tf.constant(tf.make_ndarray(p)) for key, p in request.inputs.items()}
+        )
+        for name, request in requests.items()
+    }
+    pixels = tf.make_ndarray(requests["serving_default"].inputs["images"])
+    want = model.predict(pixels, verbose=0)
+    np.testing.assert_allclose(replies["serving_default"]["probabilities"].numpy(), want, atol=1e-6)
+    # The bytes record: its decoded picture, cropped as the signature crops it
+    # (the model's settings), through the images path.
+    jpeg = tf.make_ndarray(requests["serving_bytes"].inputs["image_bytes"])[0]
+    decoded = tf.io.decode_jpeg(jpeg, channels=3)
+    settings = eval_settings(model, EvalSettings())
+    cropped = eval_transform(decoded, (64, 64), settings).numpy()[None]
+    direct = signatures["serving_default"](images=tf.constant(cropped))["probabilities"].numpy()
+    served = replies["serving_bytes"]["probabilities"].numpy()
+    np.testing.assert_allclose(served, direct, atol=1e-6)
+    top = np.sort(direct[0])[-2:]
+    assert top[1] - top[0] > 1e-4  # the top-1 is well defined
+    assert served.argmax() == direct.argmax() == model.predict(cropped, verbose=0).argmax()

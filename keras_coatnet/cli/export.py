@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keras_coatnet.cli._common import PROG, add_command
 from keras_coatnet.preprocessing import CROP_MODES, INTERPOLATIONS
-from keras_coatnet.serving import FORMATS, OUTPUTS
+from keras_coatnet.serving import FORMATS, OUTPUTS, PRECISIONS
 
 
 def register(subparsers, parents) -> None:
@@ -43,6 +43,12 @@ def register(subparsers, parents) -> None:
     p.add_argument("--crop-pct", type=float, help="serving_bytes crop (default: the weights')")
     p.add_argument("--crop-mode", choices=CROP_MODES, help="default: the weights' own")
     p.add_argument("--interpolation", choices=INTERPOLATIONS, help="default: the weights' own")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="tf_saved_model: bf16 stores and computes matmuls and convolutions in bfloat16 "
+        "(norms, attention softmax and biases in float32); default f32",
+    )
     p.set_defaults(run=run)
 
 
@@ -70,5 +76,6 @@ def run(args):
         crop_pct=args.crop_pct,
         crop_mode=args.crop_mode,
         interpolation=args.interpolation,
+        precision=args.precision,
     )
     print(f"wrote {target}")

@@ -11,6 +11,7 @@ from keras_coatnet.serving.formats import (
     EXTENSIONS,
     FORMATS,
     OUTPUTS,
+    PRECISIONS,
     SIGNATURE_BYTES,
     SIGNATURE_IMAGES,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "EXTENSIONS",
     "FORMATS",
     "OUTPUTS",
+    "PRECISIONS",
     "SIGNATURE_BYTES",
     "SIGNATURE_IMAGES",
     "export",

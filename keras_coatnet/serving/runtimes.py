@@ -18,9 +18,8 @@ import os
 
 import numpy as np
 
-from keras_coatnet.serving.formats import EXTENSIONS, OUTPUTS, SIGNATURE_IMAGES
+from keras_coatnet.serving.formats import EXTENSIONS, OUTPUTS, PRECISIONS, SIGNATURE_IMAGES
 
-PRECISIONS = ("f32", "bf16")
 RUNTIMES = (None, "openvino")
 _PACKAGES = {"onnx": "onnxruntime", "litert": "ai-edge-litert", "openvino": "openvino"}
 

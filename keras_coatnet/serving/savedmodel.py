@@ -17,6 +17,12 @@ Signatures (names are the serving API):
   of the model's weights (timm's `crop_pct`, crop mode and interpolation),
   with TensorFlow's bicubic/bilinear kernels instead of PIL's.
 
+The version also holds `assets.extra/tf_serving_warmup_requests`
+(`serving.warmup`): one batch-1 request per signature, which TF Serving
+replays while loading it, so graph optimisation and kernel set-up are done
+before the first client's request. Like the rest, it is written before the
+version directory is renamed into place.
+
 The relative attention biases are gathered once at export and stored once,
 as variables that both signatures read (`serving.frozen`): the exported
 graph has no gather and no variable update, so concurrent requests share
@@ -37,8 +43,18 @@ import keras
 from keras_coatnet.naming import HEAD_LAYER
 from keras_coatnet.preprocessing import EvalSettings, eval_transform
 from keras_coatnet.preprocessing import eval_settings as model_eval_settings
-from keras_coatnet.serving.formats import OUTPUTS, SIGNATURE_BYTES, SIGNATURE_IMAGES
+from keras_coatnet.serving.formats import (
+    INPUT_BYTES,
+    INPUT_IMAGES,
+    OUTPUTS,
+    PRECISIONS,
+    SIGNATURE_BYTES,
+    SIGNATURE_IMAGES,
+)
 from keras_coatnet.serving.frozen import frozen_biases
+from keras_coatnet.serving.precision import bfloat16_twin
+from keras_coatnet.serving.tf_graph import convolution_stages_per_image, tf_serving_graph
+from keras_coatnet.serving.warmup import write_warmup_requests
 
 
 def _head_activation(model):
@@ -102,11 +118,17 @@ def write_saved_model(
     crop_pct: float | None = None,
     crop_mode: str | None = None,
     interpolation: str | None = None,
+    precision: str = "f32",
 ) -> str:
-    """`keras_coatnet.export(..., format="tf_saved_model")`: write `path/<version>/`."""
+    """`keras_coatnet.export(..., format="tf_saved_model")`: write `path/<version>/`.
+
+    `precision="bf16"` exports `serving.precision.bfloat16_twin(model)`.
+    """
     import tensorflow as tf
 
     height, width, activation = check_model(model, outputs, top_k)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, received: {precision!r}")
     changes = dict(crop_pct=crop_pct, crop_mode=crop_mode, interpolation=interpolation)
     changes = {key: value for key, value in changes.items() if value is not None}
     settings = model_eval_settings(model, EvalSettings()).replace(**changes)
@@ -117,6 +139,10 @@ def write_saved_model(
     target = os.path.join(path, str(version))
     if os.path.exists(target):
         raise ValueError(f"{target!r} exists; TF Serving versions are immutable, pick another")
+    if precision == "bf16":
+        # Its head is linear: the softmax below runs on float32 logits.
+        model = bfloat16_twin(model)
+        activation = _head_activation(model)
     softmax = outputs == "probabilities" and activation in ("linear", None)
 
     def predict(images):
@@ -132,7 +158,7 @@ def write_saved_model(
         # Before the model: otherwise a kernel deep inside may fail first.
         with tf.control_dependencies(checks):
             images = tf.identity(images)
-        scores = tf.cast(model(images, training=False), tf.float32)
+        scores = tf.cast(forward(images), tf.float32)
         if softmax:
             scores = tf.nn.softmax(scores, axis=-1)
         top = tf.math.top_k(scores, k=top_k)
@@ -177,16 +203,19 @@ def write_saved_model(
     # twice). The variables the endpoints read are tracked on their own.
     archive = keras.export.ExportArchive()
     # Tracing happens as late as write_out: keep the biases frozen until then.
-    with frozen_biases(model):
+    with frozen_biases(model), tf_serving_graph(model):
+        forward = convolution_stages_per_image(model)
         archive.add_endpoint(
             SIGNATURE_IMAGES,
             predict,
-            input_signature=[tf.TensorSpec((None, height, width, 3), tf.float32, name="images")],
+            input_signature=[
+                tf.TensorSpec((None, height, width, 3), tf.float32, name=INPUT_IMAGES)
+            ],
         )
         archive.add_endpoint(
             SIGNATURE_BYTES,
             predict_bytes,
-            input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")],
+            input_signature=[tf.TensorSpec((None,), tf.string, name=INPUT_BYTES)],
         )
         os.makedirs(path, exist_ok=True)
         # Written beside the version under a name TF Serving ignores (not a
@@ -194,6 +223,7 @@ def write_saved_model(
         partial = os.path.join(path, f".{version}.partial-{uuid.uuid4().hex[:8]}")
         try:
             archive.write_out(partial, verbose=False)
+            write_warmup_requests(partial, height, width)
             os.rename(partial, target)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
