@@ -9,16 +9,23 @@ export extras: pip install -e '.[timm,export]'.
 
 For each case (a timm architecture, an input size, batches) the same random
 weights (seeded) are run by every variant of `cpu_serving_workers.VARIANTS`:
-timm eager (torch), timm -> ONNX Runtime, timm -> OpenVINO (f32 pinned and
-bf16), and ours as tf.function, XLA, SavedModel, ONNX -> ONNX Runtime,
-OpenVINO (f32, bf16) and LiteRT (XNNPACK). Every timed call runs in a fresh
+timm eager (torch), timm under torch.compile (inductor, as timm's
+benchmark.py --torchcompile; its compiling first call untimed; with --smoke
+only if --variants names it), timm -> ONNX
+Runtime, timm -> OpenVINO (f32 pinned and bf16), and ours as tf.function,
+XLA, SavedModel (TensorFlow's default kernels, oneDNN forced on, and its
+`serving_bytes` signature fed JPEG files), ONNX -> ONNX Runtime, OpenVINO
+(f32, bf16) and LiteRT (XNNPACK). Every timed call runs in a fresh
 process that imports only its runtime, with `--threads` intra-op threads
 (and OMP/BLAS pools) for all; the rounds alternate the variants (the order
 rotates each round) and the table gives the median over rounds of each
 process's median call. Each worker compares its logits with timm eager's:
-float32 variants must agree within `--tolerance` (1e-4), bf16 report the
-top-1 agreement. The matmul limit is the best float32 sgemm GFLOP/s of the
-run (numpy, torch; 2048^2, 256^2 with --smoke) divided by 2 x MACs per image.
+float32 variants must agree within `--tolerance` (1e-4), bf16, int8 and the
+JPEG input report the top-1 agreement. The matmul limit is the best float32
+sgemm GFLOP/s of the run (numpy, torch; 2048^2, 256^2 with --smoke) divided
+by 2 x MACs per image. The run records the CPU's model and the /proc/cpuinfo
+flags these runtimes' kernels depend on (`cpu_serving_report.CPU_FLAGS`),
+TensorFlow's version and whether its oneDNN kernels are on by default here.
 
 This process imports no framework (the package starts lazily, as for the
 `coatnet` command); the workers (`cpu_serving_workers.py`) do. The report
@@ -38,7 +45,16 @@ import tempfile
 import time
 
 import cpu_serving_workers as workers
-from cpu_serving_report import cpu_model, markdown, section, write_doc
+from cpu_serving_report import (
+    CPU_FLAGS,
+    cpu_flags,
+    cpu_model,
+    machine,
+    markdown,
+    notes,
+    section,
+    write_doc,
+)
 
 import keras_coatnet_cli
 
@@ -52,12 +68,17 @@ from keras_coatnet.bench.timing import log, wait_idle  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODELS = ("coatnet_0_224:224:1,8", "coatnet_1_224:384:1")
 SMOKE_MODEL = "coatnet_pico_rw_224:64:1"
+# Left out of --smoke unless --variants names them: a cold inductor compile
+# takes minutes even for the smoke model (and timing is not its point).
+SLOW_VARIANTS = ("timm_compile",)
 REFERENCE = "timm_ort"
 EXPORTS = {  # our export each variant needs
     "ours_tf_function": None,
     "ours_xla": None,
     "ours_int8": None,
     "ours_savedmodel": "savedmodel",
+    "ours_savedmodel_onednn": "savedmodel",
+    "ours_savedmodel_bytes": "savedmodel",
     "ours_ort": "onnx",
     "ours_ort_unfused": "onnx",
     "ours_onnx_ov_f32": "onnx",
@@ -74,7 +95,12 @@ def parser() -> argparse.ArgumentParser:
         description="CPU inference: timm eager, timm -> ONNX Runtime/OpenVINO and our "
         "exports, each in its own process, alternating rounds.",
     )
-    p.add_argument("--smoke", action="store_true", help=f"{SMOKE_MODEL}, one round, no doc")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"{SMOKE_MODEL}, one round, no doc; {', '.join(SLOW_VARIANTS)} only if "
+        "--variants names it",
+    )
     p.add_argument(
         "--models", nargs="+", help=f"timm_name[:size[:b1,b2]] (default: {DEFAULT_MODELS})"
     )
@@ -99,7 +125,7 @@ def parser() -> argparse.ArgumentParser:
 
 def resolve(args) -> dict:
     """The run's settings from the flags; ValueError (one line) names a bad value."""
-    variants = list(workers.VARIANTS)
+    variants = [v for v in workers.VARIANTS if not (args.smoke and v in SLOW_VARIANTS)]
     if args.variants is not None:
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
         for v in variants:
@@ -195,11 +221,18 @@ def run(settings, command: str) -> dict:
     threads = settings["threads"]
     env = {
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cpu_flags_checked": list(CPU_FLAGS),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "loadavg_start": os.getloadavg(),
     }
-    log(f"command: {command}\nmachine: {env['cpu']}, {env['cores']} cores; threads {threads}")
+    build, error = workers.run("tf_build", {"threads": threads})
+    if build is None:
+        env["tensorflow_build"] = {"error": error.strip().splitlines()[-1] if error else "failed"}
+    else:
+        env["tensorflow_build"] = {k: build[k] for k in ("version", "onednn_default")}
+    log(f"command: {command}\nmachine: {machine(env)}; threads {threads}")
     workdir = settings["workdir"] or tempfile.mkdtemp(prefix="coatnet_serving_")
     peaks, runs, infos = [], [], {}
 
@@ -264,8 +297,8 @@ def run(settings, command: str) -> dict:
         versions.update({k: info[k] for k in ("torch", "timm", "tensorflow", "keras") if k in info})
     env["versions"] = versions
     env["sgemm_gflops"] = max(peaks, default=None)
-    table = markdown(rows)
-    log("\n" + table)
+    table, notes_lines = markdown(rows), notes(rows)
+    log("\n" + "\n".join([table, *notes_lines]))
     result = {
         "command": command,
         "environment": env,
@@ -277,7 +310,7 @@ def run(settings, command: str) -> dict:
         with open(settings["json"], "w") as f:
             json.dump(result, f, indent=2, default=str)
     if settings["doc"]:
-        write_doc(settings["doc"], section(command, env, settings, table))
+        write_doc(settings["doc"], section(command, env, settings, table, notes_lines))
         log(f"wrote {settings['doc']}")
     return result
 
@@ -315,6 +348,13 @@ def summarize(runs, settings, infos, peak) -> list[dict]:
                     parity=precision != "f32" or diff <= settings["tolerance"],
                     limit_share=ips * 2 * macs / 1e9 / peak if macs and peak else None,
                 )
+                firsts = [r["first_call_s"] for r in done if "first_call_s" in r]
+                if firsts:
+                    row["first_call_s"] = max(firsts)  # timm_compile: its compile time
+                for fact in ("onednn", "compile_cache", "jpeg_bytes_per_image"):
+                    values = list(dict.fromkeys(r[fact] for r in done if fact in r))
+                    if values:
+                        row[fact] = values[0] if len(values) == 1 else values
                 rows.append(row)
             for row in rows[-len(settings["variants"]) :]:
                 ref = medians.get(REFERENCE)

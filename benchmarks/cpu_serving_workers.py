@@ -24,13 +24,31 @@ each result says whether TensorFlow was imported.
   `serving.frozen.frozen_biases`). `ours_unfused.onnx` is Keras's exporter
   alone on the same frozen biases, the "before".
 - `sgemm`: float32 2048^2 matmul GFLOP/s (numpy and torch, best of both).
-- one kind per variant of `VARIANTS`.
+- `tf_build`: TensorFlow's version and whether its oneDNN CPU kernels are on
+  by default on this CPU (`TF_ENABLE_ONEDNN_OPTS` unset).
+- one kind per variant of `VARIANTS`; `ENV` sets or removes environment
+  variables of a kind's process (`ours_savedmodel_onednn`:
+  `TF_ENABLE_ONEDNN_OPTS=1`, which TF Serving reads too).
+
+`timm_compile` is what timm's `benchmark.py --torchcompile` runs for
+inference: `torch._dynamo.reset()`, `torch.compile(model)` (inductor,
+default mode), eval mode, calls under `torch.inference_mode()`. Its first
+call compiles (a C++ compiler is needed: `CXX`, else g++) and is not timed;
+`first_call_s` reports it, `compile_cache` whether the inductor cache (in
+the case's directory) was empty before. `ours_savedmodel_bytes` feeds the
+SavedModel's `serving_bytes` signature the case's pixels JPEG-encoded once
+(quality 95, untimed): each call decodes, resizes and crops in the graph,
+as a REST `{"b64": ...}` request does, so its logits differ from timm's by
+more than float32 rounding (the JPEG loss and the resize).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -40,9 +58,13 @@ import warnings
 import numpy as np
 
 # variant -> (runtime, artifact, input, precision); the input is timm's
-# normalized NCHW or our pixels 0..255 NHWC.
+# normalized NCHW, our pixels 0..255 NHWC or those pixels as JPEG files. Only
+# "f32" rows are held to the float32 tolerance.
+JPEG_QUALITY = 95
+JPEG = f"f32, jpeg q{JPEG_QUALITY}"
 VARIANTS = {
     "timm_eager": ("torch", "timm.pt", "nchw", "f32"),
+    "timm_compile": ("torch", "timm.pt", "nchw", "f32"),
     "timm_ort": ("onnxruntime", "timm.onnx", "nchw", "f32"),
     "timm_ov_f32": ("openvino", "timm.onnx", "nchw", "f32"),
     "timm_ov_bf16": ("openvino", "timm.onnx", "nchw", "bf16"),
@@ -51,6 +73,8 @@ VARIANTS = {
     # model.quantize("int8"): Keras quantizes the Dense layers (not the convolutions).
     "ours_int8": ("tensorflow", "ours.keras", "pixels", "int8"),
     "ours_savedmodel": ("tensorflow", "ours_savedmodel", "pixels", "f32"),
+    "ours_savedmodel_onednn": ("tensorflow", "ours_savedmodel", "pixels", "f32"),
+    "ours_savedmodel_bytes": ("tensorflow", "ours_savedmodel", "jpeg", JPEG),
     "ours_ort": ("onnxruntime", "ours.onnx", "pixels", "f32"),
     "ours_ort_unfused": ("onnxruntime", "ours_unfused.onnx", "pixels", "f32"),
     "ours_ov_f32": ("openvino", "ours_ov.xml", "pixels", "f32"),
@@ -59,17 +83,25 @@ VARIANTS = {
     "ours_onnx_ov_bf16": ("openvino", "ours.onnx", "pixels", "bf16"),
     "ours_litert": ("litert", "ours.tflite", "pixels", "f32"),
 }
+# Environment of a kind's process beyond `thread_env` (None: removed).
+ONEDNN = "TF_ENABLE_ONEDNN_OPTS"
+ENV = {"ours_savedmodel_onednn": {ONEDNN: "1"}, "tf_build": {ONEDNN: None}}
 SCRIPT = os.path.abspath(__file__)
 SEED = 0
 
 
-def thread_env(threads: int) -> dict:
+def thread_env(threads: int, kind: str | None = None) -> dict:
     """The environment of a child: every runtime's OpenMP/BLAS pool at `threads`."""
     env = dict(os.environ)
     for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[key] = str(threads)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("KERAS_BACKEND", "tensorflow")
+    for key, value in ENV.get(kind, {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     return env
 
 
@@ -81,17 +113,36 @@ def run(kind: str, cfg: dict, timeout: float | None = None):
             capture_output=True,
             text=True,
             check=False,
-            env=thread_env(cfg.get("threads", 1)),
+            env=thread_env(cfg.get("threads", 1), kind),
             timeout=timeout,
         )
     except subprocess.TimeoutExpired:
         return None, f"{kind}: no result within {timeout:.0f}s"
     if result.returncode != 0:
-        return None, result.stderr[-3000:]
+        reason = failure_reason(result.stderr, result.returncode)
+        return None, f"{result.stderr[-3000:]}\n{reason}"
     try:
         return json.loads(result.stdout.strip().splitlines()[-1]), None
     except (ValueError, IndexError):
         return None, f"no result on the worker's stdout:\n{result.stdout[-2000:]}"
+
+
+def failure_reason(stderr: str, returncode: int) -> str:
+    """One line saying why a worker failed (the last line of `run`'s error).
+
+    A Python error's last line says it; a process that a signal killed ends
+    its stderr with a native stack trace, so the line is the signal and the
+    last fatal log line (TensorFlow's `F0000 ... file:line] Check failed: ...`).
+    """
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if returncode >= 0:
+        return lines[-1] if lines else f"exit status {returncode}, no output"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    fatal = [line.split("] ", 1)[-1] for line in lines if re.match(r"F\d{4} ", line)]
+    return f"{name}: {fatal[-1]}" if fatal else f"killed by {name}"
 
 
 # ----------------------------------------------------------------------------- artifacts
@@ -213,6 +264,13 @@ def sgemm(cfg: dict, repeats: int = 5) -> dict:
     return {"gflops": out, "pid": os.getpid()}
 
 
+def tf_build(cfg: dict) -> dict:
+    """TensorFlow's version and whether oneDNN is on (default: `TF_ENABLE_ONEDNN_OPTS` unset)."""
+    import tensorflow as tf
+
+    return {"version": tf.__version__, "onednn_default": _onednn(), "pid": os.getpid()}
+
+
 # ----------------------------------------------------------------------------- variants
 
 
@@ -221,7 +279,26 @@ def _threads_tf(tf, threads):
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
-def _torch_fn(path, cfg):
+def _onednn() -> bool:
+    """Whether this process's TensorFlow runs its oneDNN CPU kernels."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def _torch_fn(variant, path, cfg):
+    info = {}
+    compiled = variant == "timm_compile"
+    if compiled:
+        # Inductor builds its CPU kernels with `CXX`, else g++
+        # (torch._inductor.config.cpp.cxx): checked first, so that a missing
+        # compiler fails in one line instead of inductor's pages.
+        compiler = os.environ.get("CXX", "g++")
+        if shutil.which(compiler) is None:
+            raise RuntimeError(f"torch.compile: no C++ compiler {compiler!r} (set CXX)")
+        cache = os.path.join(cfg["dir"], "inductor_cache")
+        info["compile_cache"] = "warm" if os.path.isdir(cache) and os.listdir(cache) else "cold"
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # before torch's import
     from keras_coatnet._timm import import_timm
     from keras_coatnet.bench.workers import timm_model
 
@@ -229,12 +306,24 @@ def _torch_fn(path, cfg):
     torch.set_num_threads(cfg["threads"])
     net = timm_model(cfg["name"], cfg["size"])
     net.load_state_dict(torch.load(path))
+    if compiled:  # as timm's benchmark.py --torchcompile (inductor, default mode)
+        torch._dynamo.reset()
+        net = torch.compile(net, backend="inductor")
+        net.eval()
 
     def call(x):
         with torch.inference_mode():
             return net(torch.from_numpy(x)).numpy()
 
-    return call, {"torch": torch.__version__}
+    def compiled_call(x):
+        try:
+            return call(x)
+        except Exception as error:  # inductor's reports run to pages: the table gets one line
+            reason = (str(error).strip().splitlines() or [""])[0]
+            raise RuntimeError(f"torch.compile: {type(error).__name__}: {reason}") from error
+
+    info["versions"] = {"torch": torch.__version__}
+    return (compiled_call if compiled else call), info
 
 
 def _ort_fn(path, cfg):
@@ -245,7 +334,11 @@ def _ort_fn(path, cfg):
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})[0], {"onnxruntime": ort.__version__}
+
+    def call(x):
+        return session.run(None, {name: x})[0]
+
+    return call, {"versions": {"onnxruntime": ort.__version__}}
 
 
 def _openvino_fn(path, cfg, precision, shape):
@@ -266,7 +359,7 @@ def _openvino_fn(path, cfg, precision, shape):
         request.infer({0: x})
         return np.array(request.get_output_tensor(0).data)
 
-    return call, {"openvino": ov.__version__}
+    return call, {"versions": {"openvino": ov.__version__}}
 
 
 def _tf_fn(variant, path, cfg):
@@ -276,18 +369,34 @@ def _tf_fn(variant, path, cfg):
     import keras
 
     import keras_coatnet.layers  # noqa: F401  (registers the layers for load_model)
+    from keras_coatnet.serving.formats import SIGNATURE_BYTES, SIGNATURE_IMAGES
 
-    versions = {"tensorflow": tf.__version__, "keras": keras.__version__}
-    if variant == "ours_savedmodel":
+    info = {
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "onednn": _onednn(),
+    }
+    if VARIANTS[variant][1] == "ours_savedmodel":
         versions_dir = sorted(os.listdir(path), key=int)[-1]
         served = tf.saved_model.load(os.path.join(path, versions_dir))
-        signature = served.signatures["serving_default"]
-        return lambda x: signature(images=tf.constant(x))["logits"].numpy(), versions
+        if variant == "ours_savedmodel_bytes":
+            encoded = served.signatures[SIGNATURE_BYTES]
+            return lambda x: encoded(image_bytes=tf.constant(x))["logits"].numpy(), info
+        signature = served.signatures[SIGNATURE_IMAGES]
+        return lambda x: signature(images=tf.constant(x))["logits"].numpy(), info
     model = keras.saving.load_model(path)
     if variant == "ours_int8":
         model.quantize("int8")
     fn = tf.function(lambda x: model(x, training=False), jit_compile=variant == "ours_xla")
-    return lambda x: fn(tf.constant(x)).numpy(), versions
+    return lambda x: fn(tf.constant(x)).numpy(), info
+
+
+def _jpeg(pixels):
+    """The pixels 0..255 as one JPEG file per image (quality `JPEG_QUALITY`), a string array."""
+    import tensorflow as tf
+
+    images = tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 255.0)), tf.uint8)
+    files = [tf.io.encode_jpeg(image, quality=JPEG_QUALITY).numpy() for image in images]
+    return np.array(files, dtype=object)
 
 
 def _litert_fn(path, cfg, shape):
@@ -306,15 +415,19 @@ def _litert_fn(path, cfg, shape):
 
     from importlib.metadata import version
 
-    return call, {"ai-edge-litert": version("ai-edge-litert")}
+    return call, {"versions": {"ai-edge-litert": version("ai-edge-litert")}}
 
 
 def variant_fn(variant: str, cfg: dict, shape):
-    """`(call(x) -> logits, {package: version})` of `variant` on `cfg["dir"]`'s artifact."""
+    """`(call(x) -> logits, info)` of `variant` on `cfg["dir"]`'s artifact.
+
+    `info` holds `versions` ({package: version}) and what else the runtime
+    reports (TensorFlow: `onednn`; `timm_compile`: `compile_cache`).
+    """
     runtime, artifact, _, precision = VARIANTS[variant]
     path = os.path.join(cfg["dir"], artifact)
     if runtime == "torch":
-        return _torch_fn(path, cfg)
+        return _torch_fn(variant, path, cfg)
     if runtime == "onnxruntime":
         return _ort_fn(path, cfg)
     if runtime == "openvino":
@@ -329,12 +442,17 @@ def time_variant(variant: str, cfg: dict) -> dict:
     warnings.filterwarnings("ignore")
     _, _, kind, precision = VARIANTS[variant]
     directory, batch = cfg["dir"], cfg["batch"]
-    x = np.load(os.path.join(directory, f"{kind}_{batch}.npy"))
+    x = np.load(os.path.join(directory, f"{'pixels' if kind == 'jpeg' else kind}_{batch}.npy"))
     reference = np.load(os.path.join(directory, f"logits_{batch}.npy"))
     start = time.perf_counter()
-    call, versions = variant_fn(variant, cfg, x.shape)
-    out = call(x)
+    call, info = variant_fn(variant, cfg, x.shape)
     load_s = time.perf_counter() - start
+    if kind == "jpeg":  # untimed; after variant_fn has set TensorFlow's threads
+        x = _jpeg(x)
+        info["jpeg_bytes_per_image"] = int(np.mean([len(f) for f in x]))
+    start = time.perf_counter()
+    out = call(x)  # timm_compile: compiles
+    first_s = time.perf_counter() - start
     for _ in range(cfg["warmup"] - 1):
         out = call(x)
     times = []
@@ -349,10 +467,11 @@ def time_variant(variant: str, cfg: dict) -> dict:
         "images_per_s": batch / median,
         "median_ms": median * 1e3,
         "calls": len(times),
-        "load_and_first_call_s": load_s,
+        "load_and_first_call_s": load_s + first_s,
+        "first_call_s": first_s,
         "max_abs_diff": float(np.max(np.abs(out - reference))),
         "top1_agreement": float(np.mean(out.argmax(-1) == reference.argmax(-1))),
-        "versions": versions,
+        **info,
         "pid": os.getpid(),
         "tensorflow_imported": "tensorflow" in sys.modules,
     }
@@ -364,7 +483,7 @@ def _seconds(fn):
     return time.perf_counter() - start
 
 
-WORKERS = {"prep_timm": prep_timm, "prep_ours": prep_ours, "sgemm": sgemm}
+WORKERS = {"prep_timm": prep_timm, "prep_ours": prep_ours, "sgemm": sgemm, "tf_build": tf_build}
 
 
 def main(argv) -> int:

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -364,10 +365,15 @@ def test_serving_flags_defaults_smoke_and_bad_values():
     full = serving_settings()
     assert full["cases"] == [Case("coatnet_0_224", 224, (1, 8)), Case("coatnet_1_224", 384, (1,))]
     assert full["variants"] == list(cpu_serving_workers.VARIANTS) and full["threads"] == 2
+    new = {"timm_compile", "ours_savedmodel_onednn", "ours_savedmodel_bytes"}
+    assert new <= set(full["variants"])
     assert (full["rounds"], full["min_calls"], full["tolerance"]) == (3, 5, 1e-4)
     # The checkout's docs, found next to benchmarks/ (not through the package).
     assert full["doc"] == os.path.join(ROOT, "docs", "BENCHMARKS.md")
     assert os.path.isfile(full["doc"])
+    # --smoke leaves out the minutes-long torch.compile unless named.
+    smoke_default = serving_settings("--smoke")["variants"]
+    assert smoke_default == [v for v in full["variants"] if v != "timm_compile"]
     smoke = serving_settings("--smoke", "--variants", "timm_ort, ours_ort")
     assert smoke["cases"] == [Case("coatnet_pico_rw_224", 64, (1,))]
     assert (smoke["rounds"], smoke["doc"], smoke["variants"]) == (1, None, ["timm_ort", "ours_ort"])
@@ -386,16 +392,27 @@ def test_serving_rows_are_medians_over_rounds_with_ratio_parity_and_limit(tmp_pa
     import cpu_serving
     import cpu_serving_report as serving_report
 
-    settings = serving_settings("--smoke", "--variants", "timm_ort,ours_ort,ours_ov_bf16")
+    variants = "timm_ort,ours_ort,ours_ov_bf16,timm_compile,ours_savedmodel_bytes"
+    settings = serving_settings("--smoke", "--variants", variants + ",ours_savedmodel_onednn")
     runs = [
         {"model": "coatnet_pico_rw_224", "size": 64, "batch": 1, "variant": v,
-         "images_per_s": ips, "max_abs_diff": diff, "top1_agreement": 1.0}
-        for v, ips, diff in (
-            ("timm_ort", 10.0, 1e-6), ("timm_ort", 30.0, 1e-6), ("timm_ort", 20.0, 1e-6),
-            ("ours_ort", 25.0, 2e-4), ("ours_ort", 5.0, 1e-6), ("ours_ort", 24.0, 1e-6),
-            ("ours_ov_bf16", 40.0, 3e-2),
+         "images_per_s": ips, "max_abs_diff": diff, "top1_agreement": 1.0, **facts}
+        for v, ips, diff, facts in (
+            ("timm_ort", 10.0, 1e-6, {}), ("timm_ort", 30.0, 1e-6, {}),
+            ("timm_ort", 20.0, 1e-6, {}),
+            ("ours_ort", 25.0, 2e-4, {}), ("ours_ort", 5.0, 1e-6, {}), ("ours_ort", 24.0, 1e-6, {}),
+            ("ours_ov_bf16", 40.0, 3e-2, {}),
+            ("ours_savedmodel_bytes", 8.0, 1.5, {"onednn": False, "jpeg_bytes_per_image": 5000}),
+            ("ours_savedmodel_onednn", 9.0, 1e-6, {"onednn": True, "first_call_s": 0.5}),
+            ("ours_savedmodel_onednn", 11.0, 1e-6, {"onednn": True, "first_call_s": 0.25}),
+            ("timm_compile", 12.0, 1e-6, {"first_call_s": 90.0, "compile_cache": "cold"}),
+            ("timm_compile", 14.0, 1e-6, {"first_call_s": 6.0, "compile_cache": "warm"}),
         )
     ]  # fmt: skip
+    runs, compiled_runs = runs[:-2], runs[-2:]
+    reason = "RuntimeError: torch.compile: no C++ compiler 'g++' (set CXX)"
+    runs.append({"model": "coatnet_pico_rw_224", "size": 64, "batch": 1,
+                 "variant": "timm_compile", "error": reason})  # fmt: skip
     infos = {"coatnet_pico_rw_224_64": {"macs": 10**9}}
     rows = {r["variant"]: r for r in cpu_serving.summarize(runs, settings, infos, peak=100.0)}
     assert rows["timm_ort"]["images_per_s"] == 20.0 and rows["timm_ort"]["rounds"] == 3
@@ -404,8 +421,34 @@ def test_serving_rows_are_medians_over_rounds_with_ratio_parity_and_limit(tmp_pa
     assert ours["limit_share"] == pytest.approx(24.0 * 2 / 100.0)
     assert ours["parity"] is False  # one round over 1e-4 fails the variant
     assert rows["ours_ov_bf16"]["parity"] is True  # bf16: the top-1 agreement is reported
+    # JPEG input: the lossy file and the in-graph resize, not float32 rounding.
+    assert rows["ours_savedmodel_bytes"]["parity"] is True
+    onednn = rows["ours_savedmodel_onednn"]
+    assert onednn["onednn"] is True and onednn["first_call_s"] == 0.5  # the longest round
+    assert rows["timm_compile"]["error"] == reason  # a failed variant is a row, not a crash
     table = serving_report.markdown(list(rows.values()))
     assert "| ours_ort | f32 | 24.00 | 1.20x | 48% | 2.0e-04 (over tolerance) | 100% |" in table
+    jpeg = "| ours_savedmodel_bytes | f32, jpeg q95 | 8.00 | 0.40x | 16% | 1.5e+00 | 100% |"
+    assert jpeg in table
+    assert f"| timm_compile | | failed: {reason} |" in table
+    notes = serving_report.notes(list(rows.values()))
+    assert notes[0].startswith(
+        "TensorFlow's oneDNN kernels: on in ours_savedmodel_onednn; off in ours_savedmodel_bytes ("
+    )
+    assert "about 5000 bytes each" in notes[1] and len(notes) == 2  # timm_compile failed
+    rows = cpu_serving.summarize(runs[:-1] + compiled_runs, settings, infos, peak=100.0)
+    compiled = next(r for r in rows if r["variant"] == "timm_compile")
+    assert compiled["compile_cache"] == ["cold", "warm"] and compiled["first_call_s"] == 90.0
+    assert "coatnet_pico_rw_224 64 b1 90 s (inductor cache cold/warm)" in "".join(
+        serving_report.notes(rows)
+    )
+    env = {"cpu": "AMD EPYC", "cores": 2, "cpu_flags": ["avx2", "fma"],
+           "tensorflow_build": {"version": "2.21.0", "onednn_default": False}}  # fmt: skip
+    assert serving_report.machine(env) == (
+        "AMD EPYC, 2 cores; CPU flags avx2, fma of 9 checked (not avx512f, avx512_vnni, "
+        "avx512_bf16, avx_vnni, amx_tile, amx_bf16, amx_int8); TensorFlow 2.21.0, oneDNN off "
+        "by default on this CPU"
+    )
 
     doc = tmp_path / "BENCHMARKS.md"
     doc.write_text("# Benchmarks\n\nkept\n")
@@ -465,25 +508,121 @@ def test_gelu_rewrite_lets_onnx_runtime_fuse_it(tmp_path):
     np.testing.assert_allclose(after, before, atol=1e-6)
 
 
+def test_serving_worker_environments_set_onednn_per_variant(monkeypatch):
+    import cpu_serving_workers
+
+    key = "TF_ENABLE_ONEDNN_OPTS"
+    monkeypatch.setenv(key, "0")
+    assert cpu_serving_workers.thread_env(2, "ours_savedmodel_onednn")[key] == "1"
+    # The build probe sees TensorFlow's default for this CPU, whatever the caller set.
+    assert key not in cpu_serving_workers.thread_env(2, "tf_build")
+    assert cpu_serving_workers.thread_env(2, "ours_savedmodel")[key] == "0"
+
+
+def test_serving_timm_compile_without_a_compiler_fails_in_one_line(tmp_path, monkeypatch):
+    import cpu_serving_workers
+    import numpy as np
+
+    monkeypatch.setenv("CXX", "no-such-c++")
+    cfg = {"threads": 1, "name": "coatnet_pico_rw_224", "size": 64, "batch": 1,
+           "dir": str(tmp_path), "warmup": 1, "min_calls": 1, "min_seconds": 0.0,
+           "max_calls": 1}  # fmt: skip
+    np.save(tmp_path / "nchw_1.npy", np.zeros((1, 3, 64, 64), "float32"))
+    np.save(tmp_path / "logits_1.npy", np.zeros((1, 1000), "float32"))
+    result, error = cpu_serving_workers.run("timm_compile", cfg)
+    assert result is None
+    last = error.strip().splitlines()[-1]
+    assert last == "RuntimeError: torch.compile: no C++ compiler 'no-such-c++' (set CXX)"
+
+
+def test_serving_worker_failure_is_one_line_even_for_a_native_abort():
+    import cpu_serving_workers
+
+    reason = cpu_serving_workers.failure_reason
+    python = "Traceback (most recent call last):\n  ...\nRuntimeError: torch.compile: no g++\n"
+    assert reason(python, 1) == "RuntimeError: torch.compile: no g++"
+    # TensorFlow's failed CHECK: the fatal line, then a native stack trace.
+    native = (
+        "I0000 00:00:1.5 1 port.cc:153] oneDNN custom operations are on.\n"
+        "F0000 00:00:1.7 1 tensor_format.h:428] Check failed: index >= 0 && index < n\n"
+        "*** Check failure stack trace: ***\n    @     0x7f29fa7a6ce3  cfunction_call\n"
+    )
+    assert reason(native, -6) == "SIGABRT: Check failed: index >= 0 && index < n"
+    assert reason("    @     0x7f29fa7a6ce3  cfunction_call\n", -11) == "killed by SIGSEGV"
+    assert reason("", 3) == "exit status 3, no output"
+
+
+def _cpuinfo_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            match = re.search(r"^flags\s*:(.*)$", f.read(), re.M)
+    except OSError:
+        return None
+    return set(match.group(1).split()) if match else None
+
+
 @needs_timm
 @needs_runtimes
 def test_serving_smoke_runs_each_variant_in_its_own_process(tmp_path):
+    import cpu_serving_report as serving_report
+    import cpu_serving_workers
+
     out = tmp_path / "serving.json"
+    variants = ["timm_eager", "timm_ort", "ours_savedmodel_onednn", "ours_savedmodel_bytes"]
     result = subprocess.run(
         [sys.executable, os.path.join(BENCHMARKS, "cpu_serving.py"), "--smoke"]
-        + ["--variants", "timm_eager,timm_ort", "--json", str(out), "--workdir", str(tmp_path)],
+        + ["--variants", ",".join(variants), "--json", str(out), "--workdir", str(tmp_path)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        timeout=600,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
     rows = {r["variant"]: r for r in data["rows"]}
-    assert list(rows) == ["timm_eager", "timm_ort"]
+    assert list(rows) == variants
     assert rows["timm_ort"]["ratio_vs_timm_ort"] == 1.0
-    assert all(r["parity"] and r["max_abs_diff"] < 1e-4 for r in rows.values())
-    pids = {r["pid"] for r in data["runs"]}
-    assert len(pids) == 2 and os.getpid() not in pids  # one process per variant
-    assert not any(r["tensorflow_imported"] for r in data["runs"])  # torch, ONNX Runtime only
+    assert all(rows[v]["parity"] and rows[v]["max_abs_diff"] < 1e-4 for v in variants[:3])
+    jpeg = rows["ours_savedmodel_bytes"]  # through the serving_bytes signature
+    assert jpeg["parity"] and jpeg["precision"] == cpu_serving_workers.JPEG
+    assert jpeg["max_abs_diff"] > 1e-4 and jpeg["jpeg_bytes_per_image"] > 0
+    assert rows["ours_savedmodel_onednn"]["onednn"] is True
+    runs = {r["variant"]: r for r in data["runs"]}
+    pids = {r["pid"] for r in runs.values()}
+    assert len(pids) == len(variants) and os.getpid() not in pids  # one process per variant
+    # torch and ONNX Runtime alone; TensorFlow only where it runs.
+    assert [runs[v]["tensorflow_imported"] for v in variants] == [False, False, True, True]
+    env = data["environment"]
+    assert env["cpu_flags_checked"] == list(serving_report.CPU_FLAGS)
+    present = _cpuinfo_flags()
+    if present is not None:
+        assert env["cpu_flags"] == [f for f in serving_report.CPU_FLAGS if f in present]
+    build = env["tensorflow_build"]
+    assert re.match(r"^\d+\.\d+", build["version"]) and isinstance(build["onednn_default"], bool)
+    assert f"CPU flags {', '.join(env['cpu_flags']) or 'none'} of 9 checked" in result.stdout
     assert "| coatnet_pico_rw_224 | 64 | 1 | timm_ort | f32 |" in result.stdout
+    assert "ours_savedmodel_bytes calls the SavedModel's serving_bytes signature" in result.stdout
+
+
+@pytest.mark.slow
+@needs_timm
+@pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile needs a C++ compiler"
+)
+def test_serving_timm_compile_matches_eager_and_reports_its_compile_time(tmp_path):
+    out = tmp_path / "serving.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "cpu_serving.py"), "--smoke"]
+        + ["--variants", "timm_eager,timm_compile", "--json", str(out), "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=1800,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    compiled = rows["timm_compile"]
+    assert compiled["parity"] and compiled["max_abs_diff"] < 1e-4
+    # The first call compiles (a new work directory: an empty inductor cache), untimed.
+    assert compiled["compile_cache"] == "cold" and compiled["first_call_s"] > 0
+    assert "timm_compile is `torch.compile(model)` (inductor" in result.stdout
