@@ -35,14 +35,12 @@ float32 keep their own path.
 from __future__ import annotations
 
 import contextlib
-import math
 
 import numpy as np
 
 from keras_coatnet._keras_compat import walk_layers
 from keras_coatnet.layers import MBConvBlock, Stem
-
-SQRT_HALF = 1.0 / math.sqrt(2.0)
+from keras_coatnet.layers._common import SQRT_HALF
 
 
 @contextlib.contextmanager
