@@ -6,6 +6,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
+from helpers import timm_extra  # noqa: E402, F401  (the fixture, for every test module)
 
 
 @pytest.fixture(autouse=True)

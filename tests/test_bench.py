@@ -19,6 +19,7 @@ import sys
 import time
 
 import pytest
+from helpers import requires_timm
 
 import keras_coatnet
 from keras_coatnet import counts
@@ -33,11 +34,6 @@ from keras_coatnet.cli import bench as bench_cli
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = os.path.join(ROOT, "benchmarks")
 sys.path.insert(0, BENCHMARKS)  # cpu_serving and its sibling modules
-
-needs_timm = pytest.mark.skipif(
-    importlib.util.find_spec("timm") is None or importlib.util.find_spec("torch") is None,
-    reason="the timm extra",
-)
 
 
 def parse(*argv):
@@ -273,7 +269,7 @@ def test_the_package_writes_nothing_into_its_install_or_docs():
 # ----------------------------------------------------------------------------- processes
 
 
-@needs_timm
+@requires_timm
 def test_timm_worker_runs_in_a_process_without_tensorflow():
     cfg = {
         "name": "coatnet_pico_rw_224",
@@ -294,7 +290,7 @@ def test_timm_worker_runs_in_a_process_without_tensorflow():
     assert all(t > 0 for t in result["times_s"])
 
 
-@needs_timm
+@requires_timm
 def test_smoke_run_times_every_variant_and_checks_parity(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
@@ -561,7 +557,7 @@ def _cpuinfo_flags():
     return set(match.group(1).split()) if match else None
 
 
-@needs_timm
+@requires_timm
 @needs_runtimes
 def test_serving_smoke_runs_each_variant_in_its_own_process(tmp_path):
     import cpu_serving_report as serving_report
@@ -605,7 +601,7 @@ def test_serving_smoke_runs_each_variant_in_its_own_process(tmp_path):
 
 
 @pytest.mark.slow
-@needs_timm
+@requires_timm
 @pytest.mark.skipif(
     shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile needs a C++ compiler"
 )

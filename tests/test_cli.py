@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import SUBCOMMANDS
+from helpers import SUBCOMMANDS, requires_timm
 
 import keras_coatnet as kc
 from keras_coatnet import counts, plots
@@ -287,7 +287,7 @@ def test_export_writes_a_serving_version(files, tmp_path):
     assert (tmp_path / "serving" / "1" / "saved_model.pb").exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="the timm extra")
+@requires_timm
 def test_convert_checks_against_timm_and_writes(tmp_path):
     out = ok(coatnet("convert", "coatnet_pico_rw_224", "--output-dir", tmp_path))
     assert "max abs diff vs timm" in out

@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 import pytest
+from helpers import import_timm_or_skip
 from hub_server import HubServer, write_repo
 
 README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
@@ -23,12 +24,7 @@ def _python_blocks():
 @pytest.fixture
 def local_hub(tmp_path, monkeypatch):
     """`timm/<tag>` of every tag a block names, served on 127.0.0.1."""
-    from keras_coatnet._timm import import_timm
-
-    try:
-        torch, _ = import_timm()
-    except ImportError as error:
-        pytest.skip(str(error))
+    torch, _ = import_timm_or_skip()
     from safetensors.numpy import save_file
     from test_timm import _timm_model
 

@@ -14,19 +14,25 @@ from keras_coatnet.profiling import layer_macs
 REFERENCE_PARAMS = {0: 25.04e6, 1: 42.23e6, 2: 74.68e6, 3: 166.97e6, 4: 275.43e6, 5: 687.47e6}
 # SPEC.md: MACs counting convolutions and matrix products (attention's two included).
 REFERENCE_MACS = {(0, 224): 4.547e9, (1, 224): 8.643e9, (1, 384): 27.79e9}
+# Ours round to those figures: half a unit of their 4th digit is up to 0.02%
+# (25.04M), the bound; measured at most 0.013% (params, CoAtNet-0) and 0.011%
+# (MACs, CoAtNet-1 at 384). CoAtNet-5 keeps the paper's head size 64 (timm:
+# 32), 0.061% under timm's count (docs/ARCHITECTURE.md).
+BOUND = 2e-4
+OFFSET = {5: -0.00061}
 FACTORIES = [getattr(kc, f"CoAtNet{n}") for n in range(8)]
 
 
 @pytest.mark.parametrize("n", sorted(REFERENCE_PARAMS))
 def test_parameter_count_matches_reference(n):
     counted = kc.profile(FACTORIES[n]()).params
-    assert abs(counted / REFERENCE_PARAMS[n] - 1) < 0.01, counted
+    assert abs(counted / REFERENCE_PARAMS[n] - 1 - OFFSET.get(n, 0)) < BOUND, counted
 
 
 @pytest.mark.parametrize("n,size", sorted(REFERENCE_MACS))
 def test_macs_match_reference(n, size):
     counted = kc.profile(FACTORIES[n](input_shape=(size, size, 3))).macs
-    assert abs(counted / REFERENCE_MACS[(n, size)] - 1) < 0.02, counted
+    assert abs(counted / REFERENCE_MACS[(n, size)] - 1) < BOUND, counted
 
 
 def _analytic_params(config, size=224, classes=1000):
@@ -56,7 +62,7 @@ def _analytic_params(config, size=224, classes=1000):
 @pytest.mark.parametrize("n", sorted(REFERENCE_PARAMS))
 def test_analytic_formula_agrees_with_timm_reference(n):
     analytic = _analytic_params(kc.get_config(f"coatnet-{n}"))
-    assert abs(analytic / REFERENCE_PARAMS[n] - 1) < 0.01
+    assert abs(analytic / REFERENCE_PARAMS[n] - 1 - OFFSET.get(n, 0)) < BOUND, analytic
 
 
 @pytest.mark.slow

@@ -148,7 +148,10 @@ def test_large_variables_are_split_on_the_model_axis(measured, key):
 def test_a_sharded_step_equals_a_single_device_step(request, key, optimizer):
     fixture = "measured" if key == "tiny" else "coatnet0_steps"
     out = request.getfixturevalue(fixture)[key][optimizer]
-    assert abs(out["loss"] - out["loss_ref"]) <= 1e-5, out
-    assert out["weight_diff"] <= 1e-5, out
+    # Measured (docs/DISTRIBUTED.md): loss within 2.4e-7, weights within 2.9e-7
+    # (CoAtNet-0, AdamW; 3.3e-7 in an earlier run); 1e-6 leaves 3x for another
+    # XLA's reduction order. A learning rate 1e-4 off moves the tiny SGD step 6.5e-6.
+    assert abs(out["loss"] - out["loss_ref"]) <= 1e-6, out
+    assert out["weight_diff"] <= 1e-6, out
     # The step changed the weights by far more than the tolerance.
     assert out["moved"] > 1e-3, out

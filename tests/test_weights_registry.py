@@ -1,17 +1,20 @@
 """The pretrained-weights registry, `weights=` resolution of local files, and the
 builders' head rules. The Hub path itself is tested in `test_pretrained.py`."""
 
+import csv
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from helpers import TINY, images, randomize, tiny_model
+from helpers import TINY, images, import_timm_or_skip, randomize, tiny_model
 
 import keras_coatnet as kc
 from keras_coatnet import weights as kw
 from keras_coatnet.preprocessing import EvalSettings, eval_settings
+from keras_coatnet.weights import registry
 
 # -- the registry --------------------------------------------------------------
 
@@ -28,6 +31,35 @@ def test_registry_entries_are_consistent():
             assert entry.top1 is None
         else:
             assert 80 < entry.top1 < 88
+
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+RESULTS = os.path.join(FIXTURES, "timm_results_imagenet_coatnet.csv")
+WEIGHTS_DOC = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "WEIGHTS.md")
+
+
+def test_registry_equals_timms_results_table_at_the_cited_commit():
+    """Top-1, size, crop, interpolation and parameter count of every row, cited by commit."""
+    from keras_coatnet import counts
+
+    with open(RESULTS, encoding="utf-8") as f:
+        rows = {row["model"]: row for row in csv.DictReader(f)}
+    with open(RESULTS[: -len(".csv")] + ".md", encoding="utf-8") as f:
+        commit = re.search(r"\b[0-9a-f]{40}\b", f.read()).group()
+    with open(WEIGHTS_DOC, encoding="utf-8") as f:
+        assert commit in f.read()
+    assert commit in registry.__doc__
+    # Every ImageNet-1k tag has its row; the ImageNet-12k heads have none.
+    assert sorted(rows) == sorted(t for t, e in kw.REGISTRY.items() if e.num_classes == 1000)
+    table = counts.load()
+    for tag, row in rows.items():
+        entry = kw.REGISTRY[tag]
+        assert entry.top1 == float(row["top1"]), tag
+        assert entry.image_size == int(row["img_size"]), tag
+        assert entry.eval_settings.crop_pct == float(row["crop_pct"]), tag
+        assert entry.eval_settings.interpolation == row["interpolation"], tag
+        # timm's count in millions, 2 decimals; ours from the counts table.
+        assert round(table[entry.model].params / 1e6, 2) == float(row["param_count"]), tag
 
 
 def test_default_tags_and_listing():
@@ -55,12 +87,7 @@ def test_the_settings_travel_with_the_weights_not_the_architecture():
 
 
 def test_registry_matches_timm():
-    from keras_coatnet._timm import import_timm
-
-    try:
-        _, timm = import_timm()
-    except ImportError as error:
-        pytest.skip(str(error))
+    _, timm = import_timm_or_skip()
     from timm.models import get_pretrained_cfg
 
     assert sorted(kw.REGISTRY) == sorted(timm.list_pretrained("coatnet_*"))

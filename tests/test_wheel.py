@@ -17,9 +17,7 @@ import sysconfig
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import SUBCOMMANDS
-
-from keras_coatnet._timm import import_timm
+from helpers import SUBCOMMANDS, import_timm_or_skip
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 FRAMEWORKS = ("tensorflow", "keras", "jax", "torch")
@@ -160,7 +158,7 @@ def test_an_unknown_model_is_one_line_with_the_closest_names(installed):
 @pytest.fixture(scope="module")
 def converted(installed):
     """`coatnet convert` of a BatchNorm-randomised timm state dict, in the environment."""
-    torch, timm = import_timm()
+    torch, timm = import_timm_or_skip()
     _, _, work = installed
     reference = timm.create_model("coatnet_pico_rw_224")
     with torch.no_grad():

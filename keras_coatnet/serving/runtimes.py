@@ -88,6 +88,7 @@ class ExportedModel:
                 f"precision={precision!r} needs OpenVINO: an .xml file, or an .onnx file "
                 "with runtime='openvino'"
             )
+        self._compiled_model = None  # OpenVINO's, to read back what it compiled for
         self._run, shape = getattr(self, f"_load_{self.runtime}")(path, threads, precision)
         self.image_size = tuple(int(side) for side in shape[1:3])
 
@@ -136,6 +137,7 @@ class ExportedModel:
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         compiled = ov.Core().compile_model(path, "CPU", config)
+        self._compiled_model = compiled
         request = compiled.create_infer_request()
         shape = compiled.input(0).get_partial_shape()
         return lambda images: request.infer(images)[0], [None, *(d.get_length() for d in shape[1:])]
