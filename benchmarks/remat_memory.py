@@ -27,7 +27,9 @@ model state one device holds when `keras_coatnet.training.layout_map`
 splits the weights over that many devices: float32 weights, gradients and
 AdamW's two moments (16 bytes per trainable parameter; the optimizer's
 variables take their weight's layout) plus the non-trainable variables
-(BatchNorm statistics, the relative-bias caches).
+(BatchNorm statistics). Models are built as the train command builds them,
+without the relative-bias cache (`cache_bias=False`, which training never
+reads).
 
 Prints one JSON line per (model, size) with the bytes; docs/DISTRIBUTED.md
 and docs/BENCHMARKS.md quote them.
@@ -99,7 +101,9 @@ def measure(name: str, size: int, batches: list[int], policy: str, model_axes=()
     for remat in (False, True):
         keras.backend.clear_session()
         with keras.StatelessScope(initialize_variables=False):
-            model = kc.create_model(name, input_shape=(size, size, 3), remat=remat)
+            model = kc.create_model(
+                name, input_shape=(size, size, 3), remat=remat, cache_bias=False
+            )
         discard_uninitialized(model.weights)
         if not remat:
             out["params"] = int(sum(math.prod(v.shape) for v in model.trainable_variables))

@@ -71,34 +71,6 @@ def seed_generators(*layers) -> list:
     return found
 
 
-class BackupAndRestore(keras.callbacks.BackupAndRestore):
-    """`keras.callbacks.BackupAndRestore` with hooks for state of one's own.
-
-    Missing public API: Keras backs up weights, optimizer state and the
-    epoch, and has no hook to back up anything else with them. Its private
-    `_save_model` (called for each backup) and `_load_model` (called on
-    `on_train_begin`) are extended here; the epoch being backed up is its
-    private `_current_epoch`, the restored one the private
-    `model._initial_epoch` that `fit` starts from.
-    """
-
-    def save_extra_state(self, epoch: int) -> None:
-        """Called before each backup; `epoch` is the number of completed epochs."""
-
-    def load_extra_state(self, epoch: int) -> None:
-        """Called after a backup was restored; `epoch` is the epoch `fit` resumes at."""
-
-    def _save_model(self):
-        self.save_extra_state(self._current_epoch)
-        super()._save_model()
-
-    def _load_model(self):
-        super()._load_model()
-        epoch = getattr(self.model, "_initial_epoch", None)
-        if epoch is not None:
-            self.load_extra_state(epoch)
-
-
 def saved_variable_shapes(model) -> dict[str, tuple[str, dict[str, tuple]]]:
     """What `model.save_weights` would write, without writing it.
 

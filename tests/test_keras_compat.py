@@ -65,38 +65,6 @@ def test_walk_layers_visits_a_shared_sublayer_once():
     assert names == ["outer", "first", "shared", "second"]
 
 
-def test_backup_restores_the_seed_generators_of_the_epoch_it_resumes_at(tmp_path):
-    """The BackupAndRestore hooks: states saved per epoch, loaded at the resumed epoch."""
-    from keras_coatnet.training.callbacks import ResumableBackup
-
-    x = np.random.RandomState(0).normal(size=(8, 4)).astype("float32")
-    y = x[:, :1]
-
-    def model():
-        m = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5), keras.layers.Dense(1)])
-        m.compile(optimizer="sgd", loss="mse")
-        return m
-
-    def state(m):
-        return [keras.ops.convert_to_numpy(g.state.value) for g in seed_generators(m)]
-
-    class Seen(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch, self.state = epoch, state(self.model)
-
-    backup = str(tmp_path / "backup")
-    first = model()
-    first.fit(x, y, epochs=2, batch_size=4, verbose=0,
-              callbacks=[ResumableBackup(backup, delete_checkpoint=False)])  # fmt: skip
-    saved = state(first)
-    second, seen = model(), Seen()
-    assert not np.array_equal(state(second)[0], saved[0])
-    second.fit(x, y, epochs=3, batch_size=4, verbose=0,
-               callbacks=[ResumableBackup(backup), seen])  # fmt: skip
-    assert seen.epoch == 2  # resumed after the two backed-up epochs
-    np.testing.assert_array_equal(seen.state[0], saved[0])
-
-
 def test_cutmix_augmenter_runs():
     """The newest Keras layer the recipe uses (keras.layers.CutMix, Keras 3.9)."""
     from keras_coatnet.training import recipe

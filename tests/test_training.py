@@ -2,12 +2,14 @@
 
 import argparse
 import dataclasses
-import json
 import os
+import random
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import keras
 import numpy as np
@@ -20,7 +22,9 @@ pytest.importorskip("sklearn")
 import tensorflow as tf  # noqa: E402
 
 import keras_coatnet as kc  # noqa: E402
-from keras_coatnet.training import RunConfig, data, recipe, train, trainer  # noqa: E402
+from keras_coatnet._keras_compat import walk_layers  # noqa: E402
+from keras_coatnet.layers import RelativeAttention  # noqa: E402
+from keras_coatnet.training import RunConfig, callbacks, data, recipe, train, trainer  # noqa: E402
 from keras_coatnet.training.trainer import build_model  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -105,9 +109,14 @@ def _config(tmp_path, root, **changes):
 def test_short_training_run_learns_the_digits(tmp_path, digits_root):
     result = train(_config(tmp_path, digits_root, epochs=4))
     losses = result["history"]["loss"]
-    assert losses[-1] < 0.6 * losses[0]
-    assert result["history"]["accuracy"][-1] > 0.5  # chance is 0.1
-    assert result["accuracy"] > 0.3
+    # Measured here, three runs, all alike (the CPU run is deterministic):
+    # loss 1.80 -> 0.59, training accuracy 0.978, held-out accuracy 0.972
+    # (350 of 360; 0.097, 0.303, 0.911, 0.972 by epoch). The bars leave a
+    # margin for other CPUs' kernels: about a third of the loss, and 26
+    # held-out images (chance is 0.1; the 30-epoch README run reaches 0.997).
+    assert losses[-1] < 0.45 * losses[0]
+    assert result["history"]["accuracy"][-1] > 0.9
+    assert result["accuracy"] > 0.9
     assert os.path.exists(tmp_path / "run" / "final.weights.h5")
     assert os.path.exists(tmp_path / "run" / "best.keras")
     assert os.listdir(tmp_path / "run" / "logs")
@@ -272,47 +281,328 @@ def test_batch_must_divide_over_replicas(tmp_path):
     assert not os.listdir(tmp_path)  # stopped before anything was written
 
 
-def test_a_killed_run_resumes_to_the_same_weights(tmp_path, digits_root):
-    """Kill a run after its first epoch checkpoint, rerun the same command."""
-    command = [
-        sys.executable, os.path.join(os.path.dirname(__file__), os.pardir, "examples", "train.py"),
-        "--dataset", digits_root, "--model", "coatnet-digits", "--image-size", "32",
-        "--batch-size", "64", "--epochs", "3", "--steps-per-epoch", "6",
-        "--drop-path", "0.1", "--warmup-steps", "4", "--quiet",
-    ]  # fmt: skip
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    whole = tmp_path / "whole"
-    subprocess.run([*command, "--output-dir", str(whole)], check=True, env=env, capture_output=True)
+TRAIN = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "train.py")
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+RUN_TIMEOUT = 600
 
-    killed = tmp_path / "killed"
-    metadata = killed / "backup" / "training_metadata.json"
-    proc = subprocess.Popen([*command, "--output-dir", str(killed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+def _command(digits_root, out):
+    """A 4-epoch run of 6 steps, RandAugment, MixUp and drop path on (the paper's recipe)."""
+    return [
+        sys.executable, TRAIN,
+        "--dataset", digits_root, "--model", "coatnet-digits", "--image-size", "32",
+        "--batch-size", "64", "--epochs", "4", "--steps-per-epoch", "6",
+        "--drop-path", "0.1", "--warmup-steps", "4", "--quiet", "--output-dir", str(out),
+    ]  # fmt: skip
+
+
+def _start(digits_root, out, **env):
+    return subprocess.Popen(
+        _command(digits_root, out), env={**ENV, **env}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _run(digits_root, out, **env):
+    """Run to its end (or its kill): `(returncode, stdout, stderr)`."""
+    proc = _start(digits_root, out, **env)
     try:
-        while proc.poll() is None:
-            if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 1:
-                proc.kill()
-                break
-        proc.wait(timeout=600)
+        stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT)
     finally:
         proc.kill()
-    assert proc.returncode != 0, "the run finished before it could be killed"
-    assert not (killed / "final.weights.h5").exists()
-    resumed = subprocess.run(
-        [*command, "--output-dir", str(killed)], check=True, env=env, capture_output=True, text=True
-    )
-    # It resumed (a restart from scratch would end with the same weights too).
-    epochs = [line.split()[1] for line in resumed.stdout.splitlines() if line.startswith("epoch ")]
-    assert epochs and epochs[0] != "1/3" and epochs[-1] == "3/3", resumed.stdout
+    return proc.returncode, stdout, stderr
 
+
+def _epochs(stdout):
+    """The `k/4` of each epoch line a run printed."""
+    return [line.split()[1] for line in stdout.splitlines() if line.startswith("epoch ")]
+
+
+def _assert_same_weights(a, b):
+    """Every dataset of two .weights.h5 files bit-identical (the run is deterministic)."""
     import h5py
 
-    with h5py.File(whole / "final.weights.h5") as a, h5py.File(killed / "final.weights.h5") as b:
+    with h5py.File(a) as fa, h5py.File(b) as fb:
         names = []
-        a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-        assert names
-        for name in names:  # bit-identical, as docs/TRAINING.md says
-            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+        fa.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        assert len(names) > 50
+        for name in names:
+            np.testing.assert_array_equal(fa[name][()], fb[name][()], err_msg=name)
+
+
+def _assert_finished_clean(out):
+    assert not (out / "backup").exists()  # deleted once final.weights.h5 is in place
+    assert not [n for n in os.listdir(out) if n.startswith(".partial-")], os.listdir(out)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, digits_root):
+    """The reference run, its backup writes logged: `(folder, seconds, write times)`."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    log = out / "backups.log"
+    start = time.time()
+    status, stdout, stderr = _run(digits_root, out, KERAS_COATNET_TEST_BACKUP_LOG=str(log))
+    seconds = time.time() - start
+    assert status == 0, stderr[-3000:]
+    assert _epochs(stdout) == ["1/4", "2/4", "3/4", "4/4"], stdout
+    events = [line.split() for line in log.read_text().splitlines()]
+    # A backup after each epoch but the last, and none left at the end.
+    assert [e[:2] for e in events] == [[e, str(n)] for n in (1, 2, 3) for e in ("begin", "end")]
+    _assert_finished_clean(out)
+    return out, seconds, [float(e[2]) - start for e in events]
+
+
+def _backup_epoch(backup_dir) -> int | None:
+    """The epoch of the backup the pointer names; `None` while there is none."""
+    try:
+        found = callbacks.read_backup(str(backup_dir))
+    except OSError:  # the backup it named was just replaced
+        return None
+    return None if found is None else found[1]["epoch"]
+
+
+def _kill_inside_backup_writes(digits_root, out, epoch, points):
+    """Rerun the killed run in `out` once per point, each killed there by the test hook.
+
+    Each rerun resumes after `epoch` (the backup's) and is killed inside its
+    first backup write: before the pointer switch the backup stays the
+    previous one (the write's leftover is deleted by the next run), after
+    it the new one. Returns the epoch of the backup left at the end.
+    """
+    backup = out / "backup"
+    for point in points:
+        status, stdout, stderr = _run(digits_root, out, KERAS_COATNET_TEST_KILL_AT=point)
+        assert status == -signal.SIGKILL, (point, stderr[-3000:])
+        # It resumed after the backed-up epoch, and was killed writing the next backup.
+        assert _epochs(stdout) == [f"{epoch + 1}/4"], (point, stdout)
+        if point == "after-pointer":
+            epoch += 1
+        # The pointer names a complete backup; one leftover of the write beside it.
+        assert _backup_epoch(backup) == epoch, point
+        assert len(os.listdir(backup)) == 3, (point, os.listdir(backup))
+    return epoch
+
+
+def _finish_and_compare(digits_root, out, epoch, reference):
+    status, stdout, stderr = _run(digits_root, out)
+    assert status == 0, stderr[-3000:]
+    assert _epochs(stdout)[0] == f"{epoch + 1}/4", stdout
+    _assert_same_weights(reference / "final.weights.h5", out / "final.weights.h5")
+    _assert_finished_clean(out)
+
+
+def test_a_run_killed_at_any_point_resumes_to_the_same_weights(
+    tmp_path, digits_root, uninterrupted
+):
+    """One run killed four times, each rerun resuming from the backup the last one left.
+
+    First SIGKILLed from here once its first backup is complete; then each
+    rerun is killed by the test hook inside its first backup write, at the
+    three points that leave different folders: a half-written staging
+    folder (after the weights), a complete backup the pointer does not name
+    (after the rename), and the previous backup not yet deleted (after the
+    pointer switch). The last rerun ends bit-identical to the uninterrupted
+    run. A chain rather than independent trials, and three points here
+    (all six in the slow set): each run costs a process start and a traced
+    train step (35 to 50 s on 2 busy cores).
+    """
+    out = tmp_path / "run"
+    proc = _start(digits_root, out)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while proc.poll() is None and time.monotonic() < deadline:
+            if _backup_epoch(out / "backup") is not None:
+                proc.kill()
+                break
+            time.sleep(0.05)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "final.weights.h5").exists()
+    epoch = _backup_epoch(out / "backup")
+    assert epoch in (1, 2), epoch  # the 4-epoch run leaves room for the chain below
+    points = ("after-weights", "after-rename", "after-pointer")
+    epoch = _kill_inside_backup_writes(digits_root, out, epoch, points)
+    _finish_and_compare(digits_root, out, epoch, uninterrupted[0])
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_every_point_of_a_backup_write_resumes_to_the_same_weights(
+    tmp_path, digits_root, uninterrupted
+):
+    """The chain above from a fresh run, over every point the test hook knows."""
+    out = tmp_path / "run"
+    # Killed in the first backup write, before any backup exists: the rerun
+    # starts over, and is killed once its first backup is named.
+    status, _, stderr = _run(digits_root, out, KERAS_COATNET_TEST_KILL_AT="after-seeds@1")
+    assert status == -signal.SIGKILL, stderr[-3000:]
+    assert _backup_epoch(out / "backup") is None
+    status, stdout, stderr = _run(digits_root, out, KERAS_COATNET_TEST_KILL_AT="after-pointer@1")
+    assert status == -signal.SIGKILL, stderr[-3000:]
+    assert _epochs(stdout) == ["1/4"], stdout
+    assert sorted(os.listdir(out / "backup")) == ["current", "epoch-000001"]
+    epoch = _kill_inside_backup_writes(digits_root, out, 1, callbacks.KILL_POINTS)
+    _finish_and_compare(digits_root, out, epoch, uninterrupted[0])
+
+
+@pytest.mark.slow
+def test_runs_killed_at_random_instants_resume_to_the_same_weights(
+    tmp_path, digits_root, uninterrupted
+):
+    """20 runs SIGKILLed from here after a random delay, each rerun resuming the last.
+
+    Even trials: a delay from the process's start, uniform over the reference
+    run's length. Odd trials: a delay from the moment its log shows its
+    first backup write begin, uniform over 1.5 times the reference's
+    longest write, so that many kills land inside a write. A run that ends
+    before its kill completes the chain: its weights are compared with the
+    uninterrupted run's and the next trial starts a new run. Prints how many
+    trials were killed and how many of those inside a backup write.
+    """
+    reference, seconds, times = uninterrupted
+    longest_write = max(end - begin for begin, end in zip(times[::2], times[1::2], strict=True))
+    rng = random.Random(0)
+    trials, killed, inside, completed = 20, 0, 0, 0
+    out = tmp_path / "run0"
+    for trial in range(trials):
+        log = tmp_path / f"trial{trial}.log"
+        proc = _start(digits_root, out, KERAS_COATNET_TEST_BACKUP_LOG=str(log))
+        try:
+            if trial % 2 == 0:
+                try:
+                    proc.wait(timeout=rng.uniform(0, seconds))
+                except subprocess.TimeoutExpired:
+                    pass
+            else:
+                deadline = time.monotonic() + RUN_TIMEOUT
+                while proc.poll() is None and time.monotonic() < deadline:
+                    if log.exists() and log.read_text().startswith("begin "):
+                        break
+                    time.sleep(0.002)
+                time.sleep(rng.uniform(0, 1.5 * longest_write))
+            proc.kill()
+            stdout, stderr = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        if proc.returncode == -signal.SIGKILL:
+            killed += 1
+            events = log.read_text().splitlines() if log.exists() else []
+            inside += bool(events) and events[-1].startswith("begin")
+            continue
+        assert proc.returncode == 0, (trial, stderr[-3000:])
+        _assert_same_weights(reference / "final.weights.h5", out / "final.weights.h5")
+        _assert_finished_clean(out)
+        completed += 1
+        out = tmp_path / f"run{trial + 1}"
+    if out.exists():  # the last run was killed: finish it
+        status, _, stderr = _run(digits_root, out)
+        assert status == 0, stderr[-3000:]
+        _assert_same_weights(reference / "final.weights.h5", out / "final.weights.h5")
+        completed += 1
+    # Where the kills land depends on timing: reported, not asserted (the
+    # chains above kill inside writes deterministically). Measured here:
+    # 13 of 20 killed, 5 inside a write.
+    print(
+        f"{trials} trials: {killed} killed ({inside} inside a backup write), "
+        f"{completed} runs completed, each bit-identical to the uninterrupted one"
+    )
+
+
+def test_backup_restores_weights_and_seed_generators_and_deletes_leftovers(tmp_path):
+    """In process: the backup after epoch 2 of 3 resumes the run as it was, leftovers go."""
+    from keras_coatnet._keras_compat import seed_generators
+
+    x = np.random.RandomState(0).normal(size=(8, 4)).astype("float32")
+    y = x[:, :1]
+
+    def model():
+        m = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5), keras.layers.Dense(1)])
+        m.compile(optimizer="adam", loss="mse")
+        return m
+
+    class Seen(keras.callbacks.Callback):
+        states = {}
+
+        def on_epoch_begin(self, epoch, logs=None):
+            state = [keras.ops.convert_to_numpy(g.state.value) for g in seed_generators(self.model)]
+            self.states[epoch] = (state, [w.copy() for w in self.model.get_weights()])
+
+    backup = tmp_path / "backup"
+    first, seen = model(), Seen()
+    first.fit(x, y, epochs=3, batch_size=4, verbose=0,
+              callbacks=[callbacks.ResumableBackup(str(backup)), seen])  # fmt: skip
+    # No backup after the last epoch: the one after epoch 2 is current.
+    assert sorted(os.listdir(backup)) == ["current", "epoch-000002"]
+    (backup / ".partial-1-x").mkdir()  # what killed writes leave
+    (backup / "epoch-000003").mkdir()
+    second, again = model(), Seen()
+    again.states = {}
+    restore = callbacks.ResumableBackup(str(backup))
+    assert restore.resume() == 2
+    assert sorted(os.listdir(backup)) == ["current", "epoch-000002"]
+    second.fit(x, y, epochs=3, initial_epoch=2, batch_size=4, verbose=0,
+               callbacks=[restore, again])  # fmt: skip
+    assert list(again.states) == [2]
+    (state, weights), (expected_state, expected_weights) = again.states[2], seen.states[2]
+    np.testing.assert_array_equal(state[0], expected_state[0])
+    for a, b in zip(weights, expected_weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(seen.states[1][0][0], expected_state[0])  # the state moves
+    restore.remove()
+    assert not backup.exists()
+
+
+def test_a_damaged_backup_pointer_ends_in_one_line(tmp_path):
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "current").write_text("epoch-000004\n")  # no such backup
+    with pytest.raises(ValueError) as error:
+        callbacks.ResumableBackup(str(backup)).resume()
+    message = str(error.value)
+    assert "\n" not in message and "names 'epoch-000004', which is not one" in message
+
+
+def test_kill_hook_rejects_an_unknown_point(monkeypatch):
+    monkeypatch.setenv(callbacks.KILL_AT, "after-everything@2")
+    with pytest.raises(ValueError, match="must be POINT"):
+        callbacks._reached("staging", 2)
+
+
+def test_a_model_trained_without_the_bias_cache_serves_with_it(tmp_path):
+    """Its weights file into a model with the cache; its best.keras, loaded and exported."""
+    from keras_coatnet.serving.savedmodel import gather_ops
+
+    keras.utils.set_random_seed(0)
+    x, y = images((8, 32, 32, 3)), np.eye(10)[np.arange(8) % 10]
+    config = kc.get_config("coatnet-digits")
+    model = build_model(config, 32, 10, drop_path_rate=0.1)
+    model.compile(optimizer=recipe.optimizer(recipe.DIGITS, 2), loss="categorical_crossentropy",
+                  metrics=["accuracy"])  # fmt: skip
+    best = str(tmp_path / "best.keras")
+    model.fit(x, y, batch_size=4, epochs=1, validation_data=(x, y),
+              callbacks=[callbacks.BestModel(best)], verbose=0)  # fmt: skip
+    assert sorted(os.listdir(tmp_path)) == ["best.keras"]  # no staging file left
+    weights = str(tmp_path / "trained.weights.h5")
+    model.save_weights(weights)
+    built = kc.CoAtNet(config, input_shape=(32, 32, 3), classes=10, weights=weights)
+    loaded = keras.saving.load_model(best)
+
+    def caches(m):
+        return [a.cache_bias for a in walk_layers(m) if isinstance(a, RelativeAttention)]
+
+    assert caches(model) == [False] * 3
+    assert caches(built) == caches(loaded) == [True] * 3
+    assert all(
+        hasattr(a, "bias_cache") for a in walk_layers(loaded) if isinstance(a, RelativeAttention)
+    )
+    expected = model.predict(x, verbose=0)
+    assert np.ptp(expected) > 1e-3
+    for served in (built, loaded):
+        for _ in range(2):  # filling the cache, then reading it
+            np.testing.assert_allclose(served.predict(x, verbose=0), expected, atol=1e-6)
+    version = kc.export(loaded, str(tmp_path / "served"))
+    assert gather_ops(version) == [] and gather_ops(version, "serving_bytes") == []
 
 
 def test_strategy_plumbing_with_one_device_strategy_and_xla(digits_root):
@@ -375,7 +665,9 @@ def test_mirrored_two_cpus_with_synchronized_batchnorm_matches_one_device():
             diffs[key] = value
     # Trainable weights left their initial values (0.0 with a learning rate of 0).
     assert float(diffs["moved"]) > 1e-3
-    assert float(diffs["sync"]) <= 1e-5
+    # Measured 1.9e-7 and 2.2e-7 (docs/TRAINING.md); 1e-6 leaves 4.5x for
+    # reduction-order noise and still fails a per-replica statistic (2.4e-2).
+    assert float(diffs["sync"]) <= 1e-6, diffs["sync"]
     assert float(diffs["unsync"]) > 1e-3
 
 

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import tempfile
@@ -19,8 +18,8 @@ import keras
 import tensorflow as tf
 
 from keras_coatnet.model import CoAtNet
-from keras_coatnet.training import data, distribution, recipe
-from keras_coatnet.training.callbacks import EpochSummary, ResumableBackup
+from keras_coatnet.training import data, distribution, files, recipe
+from keras_coatnet.training.callbacks import BestModel, EpochSummary, ResumableBackup
 from keras_coatnet.training.config import PRECISIONS, RunConfig
 from keras_coatnet.variants import get_config
 from keras_coatnet.weights.registry import eval_defaults
@@ -41,6 +40,12 @@ def build_model(
     backbone is loaded and the head keeps its fresh initialization (the
     builder's fine-tuning rule). Relative tables of another image size are
     resized on load.
+
+    Built without the attention layers' bias cache (`cache_bias=False`):
+    training steps gather the bias and never read the cache, which would
+    only hold `heads * (HW)^2` floats per block on every device
+    (docs/DISTRIBUTED.md). The weights are the same either way, and the
+    `best.keras` a run writes turns the cache on for serving.
     """
     return CoAtNet(
         config,
@@ -48,6 +53,7 @@ def build_model(
         input_shape=(size, size, 3),
         classes=classes,
         drop_path_rate=drop_path_rate,
+        cache_bias=False,
         sync_batchnorm=sync_batchnorm,
         remat=remat,
     )
@@ -70,15 +76,6 @@ def _use_xla(flag: str, strategy) -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
 
 
-def _resumed_epoch(backup_dir: str) -> int:
-    """The epoch BackupAndRestore will resume at (0 for a fresh run)."""
-    path = os.path.join(backup_dir, "training_metadata.json")
-    if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        return int(json.load(f).get("epoch", 0))
-
-
 def _agreed_epoch(epoch: int, placement) -> int:
     """`epoch`, checked equal in every process (each resumes from its own backup)."""
     if placement.num_processes == 1:
@@ -89,8 +86,9 @@ def _agreed_epoch(epoch: int, placement) -> int:
     epochs = np.asarray(multihost_utils.process_allgather(np.int32(epoch))).ravel().tolist()
     if len(set(epochs)) > 1:
         raise ValueError(
-            f"the processes' backups are at different epochs {epochs}; remove "
-            "OUTPUT_DIR/backup on every host to start over"
+            f"the processes' backups are at different epochs {epochs} (process i's at "
+            "entry i); remove every process's backup (OUTPUT_DIR/backup, "
+            "OUTPUT_DIR/process_<i>/backup) to start over"
         )
     return epoch
 
@@ -137,7 +135,10 @@ def _train(run: RunConfig, placement) -> dict:
     out = run.output_dir
     if not placement.chief:
         out = os.path.join(out, f"process_{placement.process_id}")
-    backup = os.path.join(out, "backup")
+    files.remove_partials(out)  # what a killed run left half-written
+    best = BestModel(os.path.join(out, "best.keras"))
+    backup = ResumableBackup(os.path.join(out, "backup"), best_model=best)
+    first_epoch = _agreed_epoch(backup.resume(), placement)
     splits = data.load(
         dataset,
         size,
@@ -147,7 +148,7 @@ def _train(run: RunConfig, placement) -> dict:
         manual_dir=run.manual_dir,
         seed=run.seed,
         epochs=rec.epochs,
-        first_epoch=_agreed_epoch(_resumed_epoch(backup), placement),
+        first_epoch=first_epoch,
         steps_per_epoch=run.steps_per_epoch,
     )
     steps = splits.steps_per_epoch
@@ -158,7 +159,9 @@ def _train(run: RunConfig, placement) -> dict:
         # when op determinism is on, so XLA runs (TPU, GPU) are not bit-exact.
         # (JAX on CPU is deterministic without a switch.)
         tf.config.experimental.enable_op_determinism()
-    placement.lay_out(config, input_shape=(size, size, 3), classes=splits.num_classes)
+    placement.lay_out(
+        config, input_shape=(size, size, 3), classes=splits.num_classes, cache_bias=False
+    )
     with placement.build_scope():
         # Several local replicas (MirroredStrategy): BatchNorm statistics over
         # the global batch, so N devices train like one. TPU cores keep
@@ -181,13 +184,13 @@ def _train(run: RunConfig, placement) -> dict:
             jit_compile=xla,
         )
     placement.report(model)
+    # In this order at each epoch's end: the epoch's line, then the best
+    # model, then the backup (which keeps the best value).
     callbacks = [
-        ResumableBackup(backup),
-        keras.callbacks.TensorBoard(os.path.join(out, "logs")),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(out, "best.keras"), monitor="val_accuracy", save_best_only=True
-        ),
         EpochSummary(),
+        best,
+        backup,
+        keras.callbacks.TensorBoard(os.path.join(out, "logs")),
     ]
     quiet = run.quiet or not sys.stdout.isatty()
     start = time.perf_counter()
@@ -197,6 +200,7 @@ def _train(run: RunConfig, placement) -> dict:
             # evaluates the whole held-out split (metrics as on one process).
             placement.shard(splits.train, rec.batch_size),
             steps_per_epoch=steps,
+            initial_epoch=first_epoch,
             epochs=rec.epochs,
             validation_data=splits.eval,
             callbacks=callbacks,
@@ -207,7 +211,9 @@ def _train(run: RunConfig, placement) -> dict:
         if os.path.isdir(dataset):  # a corrupt file of an image folder: name it
             data.check_images(dataset, error)
         raise
-    model.save_weights(os.path.join(out, "final.weights.h5"))
+    with files.replacing(os.path.join(out, "final.weights.h5")) as staging:
+        model.save_weights(staging)
+    backup.remove()  # only now: a kill before this resumes at the last backup
     # fit validated the final weights on the held-out split after the last epoch.
     result = {
         "loss": float(history.history["val_loss"][-1]),
