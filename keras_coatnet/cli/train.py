@@ -106,7 +106,8 @@ def register(subparsers, parents) -> None:
         "--model-axis",
         type=int,
         help="model-parallel: devices each weight is split over; it must divide the "
-        "devices of one process, the batch is split over the rest (default: the devices "
+        "devices of one process or span whole processes (then the run writes Orbax "
+        "checkpoints in pieces), the batch is split over the rest (default: the devices "
         "of one process)",
     )
     add(

@@ -59,6 +59,15 @@ class Placement:
     def chief(self) -> bool:
         return self.process_id == 0
 
+    @property
+    def writes_in_pieces(self) -> bool:
+        """Whether the run's files are Orbax checkpoints every process writes its part of.
+
+        Model-parallel runs of several processes (`training.checkpoints`);
+        one process, or data parallelism, writes ordinary Keras files.
+        """
+        return self.layouts is not None and self.num_processes > 1
+
     def build_scope(self):
         """The scope the model is built and compiled in (the strategy's, on TensorFlow)."""
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
@@ -253,24 +262,24 @@ def place(args) -> Placement:
 def _mesh(devices: list, model_axis: int | None) -> keras.distribution.DeviceMesh:
     """The (batch, model) mesh of `devices`, `model_axis` of them on the model axis.
 
-    Devices are listed process by process, so a model axis dividing the
-    devices of one process stays inside each process: every process then
-    holds a whole copy of the weights, split over its devices, and writes
-    checkpoints from it as a data-parallel run does. A model axis spanning
-    processes would leave each with part of the weights and need a
-    checkpoint format written in pieces; it is refused.
+    Devices are listed process by process, so each row of the mesh (one
+    model-axis group) is `model_axis` consecutive devices: inside one
+    process when `model_axis` divides a process's devices, else whole
+    processes side by side, which needs `model_axis` to be a multiple of
+    them. Either way every process's devices hold whole rows or whole
+    groups of rows.
     """
     import jax
 
-    local = jax.local_device_count()
+    local, total = jax.local_device_count(), len(devices)
     size = local if model_axis is None else model_axis
-    if local % size:
+    if total % size or (local % size and size % local):
         raise ValueError(
-            f"--model-axis {size} must divide the {local} devices of each process "
-            "(checkpoints are written from each process's whole copy of the weights)"
+            f"--model-axis {size} must divide the {local} devices of each process or be a "
+            f"multiple of them that divides all {total}"
         )
     return keras.distribution.DeviceMesh(
-        shape=(len(devices) // size, size), axis_names=("batch", "model"), devices=devices
+        shape=(total // size, size), axis_names=("batch", "model"), devices=devices
     )
 
 

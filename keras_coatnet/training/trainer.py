@@ -136,8 +136,16 @@ def _train(run: RunConfig, placement) -> dict:
     if not placement.chief:
         out = os.path.join(out, f"process_{placement.process_id}")
     files.remove_partials(out)  # what a killed run left half-written
-    best = BestModel(os.path.join(out, "best.keras"))
-    backup = ResumableBackup(os.path.join(out, "backup"), best_model=best)
+    if placement.writes_in_pieces:
+        # No process holds every weight: one Orbax checkpoint folder for all.
+        from keras_coatnet.training import checkpoints
+
+        shared = os.path.join(run.output_dir, "checkpoints")
+        best = checkpoints.ShardedBest(os.path.join(shared, checkpoints.BEST))
+        backup = checkpoints.ShardedBackup(os.path.join(shared, checkpoints.BACKUP), best)
+    else:
+        best = BestModel(os.path.join(out, "best.keras"))
+        backup = ResumableBackup(os.path.join(out, "backup"), best_model=best)
     first_epoch = _agreed_epoch(backup.resume(), placement)
     splits = data.load(
         dataset,
@@ -211,8 +219,18 @@ def _train(run: RunConfig, placement) -> dict:
         if os.path.isdir(dataset):  # a corrupt file of an image folder: name it
             data.check_images(dataset, error)
         raise
-    with files.replacing(os.path.join(out, "final.weights.h5")) as staging:
-        model.save_weights(staging)
+    if placement.writes_in_pieces:
+        drop_path = rec.drop_path_rate
+        checkpoints.write_files(
+            model,
+            best,
+            run.output_dir,
+            placement.chief,
+            lambda: build_model(config, size, splits.num_classes, drop_path_rate=drop_path),
+        )
+    else:
+        with files.replacing(os.path.join(out, "final.weights.h5")) as staging:
+            model.save_weights(staging)
     backup.remove()  # only now: a kill before this resumes at the last backup
     # fit validated the final weights on the held-out split after the last epoch.
     result = {
@@ -224,7 +242,8 @@ def _train(run: RunConfig, placement) -> dict:
     }
     print(
         f"held-out accuracy {result['accuracy']:.4f} on {result['eval_examples']} images, "
-        f"loss {result['loss']:.4f}, {result['seconds']:.0f}s; weights in {out}",
+        f"loss {result['loss']:.4f}, {result['seconds']:.0f}s; "
+        f"weights in {run.output_dir if placement.writes_in_pieces else out}",
         flush=True,
     )
     return result
