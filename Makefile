@@ -9,7 +9,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[test,train,timm,serving,plot,export]"
+	$(PY) -m pip install -e ".[test,train,timm,serving,plot,export,jax]"
 	touch $@
 
 # The main job: train a small CoAtNet on scikit-learn's digits, report held-out accuracy.
@@ -24,7 +24,8 @@ lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# The test suite: lint, every test on TensorFlow, the layer, cache and two timm-parity tests on JAX.
+# The test suite: lint, every test on TensorFlow, the layer, cache, two timm-parity and one
+# size-free parity test on JAX.
 # Two pytest-xdist workers, whole files per worker (module fixtures are built once):
 # most of the time goes to subprocesses starting up and tracing, which overlap.
 PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile --durations=15
@@ -35,6 +36,7 @@ test: lint
 		tests/test_fast_paths.py tests/test_model.py -k "not parameter_count and not macs and not 384 and not 224"
 	KERAS_BACKEND=jax $(PY) -m pytest -q tests/test_timm.py \
 		-k "converted_model_matches_timm and (coatnet_0_rw_224 or coatnet_rmlp_1_rw_224)"
+	KERAS_BACKEND=jax $(PY) -m pytest -q tests/test_size_free.py -k "coatnet_0_rw_224 and 256x320"
 	$(MAKE) --no-print-directory test-keras-floor
 
 # The oldest Keras pyproject.toml allows (keep the two equal; a test checks), on

@@ -171,3 +171,17 @@ def stored_values(variables) -> list:
         # A tensor read now: TensorFlow's `tf.Variable` itself would be read again
         # when the backward pass recomputes (after drop path's seed moved on).
         return [keras.ops.copy(v.value) for v in variables]
+
+
+def unwrapped_error(error: Exception) -> Exception:
+    """`error`, marked so that Keras re-raises it from a layer's call as it is.
+
+    Missing public API: Keras rewrites an exception raised inside
+    `Layer.__call__` into a multi-line message ("Exception encountered when
+    calling ...", then the call's arguments), unless it carries the private
+    attribute `_keras_call_info_injected` (set by Keras itself so that only
+    the innermost call adds the context). A size-free model's size check
+    raises a one-line error from inside its first layer, so it sets it.
+    """
+    error._keras_call_info_injected = True
+    return error

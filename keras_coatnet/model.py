@@ -143,6 +143,8 @@ def CoAtNet(
         input_tensor=input_tensor,
         input_shape=input_shape,
         default_size=default_size,
+        # A size-free model stores its tables at the checkpoint's grids.
+        native_size=(resolved.image_size if resolved is not None else None) or default_size,
         pooling=pooling,
         classes=classes,
         classifier_activation=classifier_activation,
@@ -215,22 +217,23 @@ def stage_features(model: keras.Model) -> keras.Model:
         of the transformer part of the split stage.
     """
     names = [layer.name for layer in model.layers]
-    last_by_stage = {}
+    first_by_stage, last_by_stage = {}, {}
     for layer in model.layers:
         parsed = parse_block_name(layer.name)
         if parsed is not None:
+            first_by_stage.setdefault(parsed[0], layer)
             last_by_stage[parsed[0]] = layer
     if STEM not in names or not last_by_stage:
         raise ValueError(f"model {model.name!r} is not a CoAtNet built by keras_coatnet")
     outputs = {"S0": model.get_layer(STEM).output}
-    # Group stages by output resolution; the last stage at a resolution wins.
-    by_reduction = {}
+    # Group stages by their stride from the input (known also where the
+    # sides are not: a size-free model); the last stage at a stride wins.
+    by_reduction, reduction = {}, 2  # the stem's stride
     for s in sorted(last_by_stage):
-        layer = last_by_stage[s]
-        height = layer.output.shape[1]
-        by_reduction[height] = layer.output
-    for i, height in enumerate(sorted(by_reduction, reverse=True), start=1):
-        outputs[f"S{i}"] = by_reduction[height]
+        reduction *= first_by_stage[s].strides
+        by_reduction[reduction] = last_by_stage[s].output
+    for i, reduction in enumerate(sorted(by_reduction), start=1):
+        outputs[f"S{i}"] = by_reduction[reduction]
     return keras.Model(model.input, outputs, name=f"{model.name}_features")
 
 

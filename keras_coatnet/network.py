@@ -51,20 +51,28 @@ def _input_shape(default_size, input_shape, input_tensor, include_preprocessing)
             f"input_shape {input_shape} looks channels_first; CoAtNet expects "
             "channels_last (height, width, channels)"
         )
+    if height is None and width is None:
+        return input_shape  # size-free: each call's size is checked by the stem
     for side, value in (("height", height), ("width", width)):
         check_image_size(
             value,
             f"input {side}",
-            f" in input_shape {input_shape} (static: the relative attention tables are "
-            "sized from it)",
+            f" in input_shape {input_shape} (both sides static, or both None for a "
+            "size-free model)",
         )
     if include_preprocessing and channels != 3:
         raise ValueError(f"include_preprocessing=True needs 3 input channels, received: {channels}")
     return input_shape
 
 
-def _stem_and_stages(x, config, drop_path_rate, cache_bias, sync_batchnorm=False, remat=False):
-    """S0..S4 (`stage_features` finds the stages again by their names)."""
+def _stem_and_stages(
+    x, config, drop_path_rate, cache_bias, sync_batchnorm=False, remat=False, native_size=None
+):
+    """S0..S4 (`stage_features` finds the stages again by their names).
+
+    `native_size`: for a size-free model (unknown sides), the image side
+    whose feature grids the attention tables are stored at.
+    """
     conv = config.mbconv  # the stem's convolution settings too, as in timm
     x = Stem(
         config.stem_dim,
@@ -87,8 +95,14 @@ def _stem_and_stages(x, config, drop_path_rate, cache_bias, sync_batchnorm=False
     }
     total = sum(stage.depth for stage in config.stages)
     index, channels = 0, config.stem_dim
+    reduction = 2  # the stem's stride
+    size_free = x.shape[1] is None
     for s, stage in enumerate(config.stages, start=1):
         block, settings = blocks[stage.block_type]
+        reduction *= stage.stride
+        if size_free and stage.block_type == "transformer":
+            side = native_size // reduction
+            settings = {**settings, "grid": (side, side)}
         for b in range(stage.depth):
             x = block(
                 channels,
@@ -146,12 +160,16 @@ def build(
     sync_batchnorm: bool,
     remat: bool,
     name: str | None,
+    native_size: int | None = None,
 ) -> keras.Model:
     """The functional model of `config`, with fresh weights.
 
     Args:
         default_size: The image side when neither `input_shape` nor
             `input_tensor` gives one (the weights' evaluation size).
+        native_size: For a size-free `input_shape` (`(None, None, C)`), the
+            image side whose grids the attention tables are stored at.
+            Defaults to `default_size`.
         preprocessing: The `Preprocessing` layer's arguments (`mean`, `std`,
             `eval_settings`), or `None` for no preprocessing layer.
 
@@ -167,6 +185,14 @@ def build(
     x = inputs
     if preprocessing is not None:
         x = Preprocessing(**preprocessing, name=PREPROCESSING)(x)
-    x = _stem_and_stages(x, config, drop_path_rate, cache_bias, sync_batchnorm, remat)
+    x = _stem_and_stages(
+        x,
+        config,
+        drop_path_rate,
+        cache_bias,
+        sync_batchnorm,
+        remat,
+        native_size=native_size or default_size,
+    )
     x = _head(x, config.head, include_top, pooling, classes, classifier_activation, sync_batchnorm)
     return keras.Model(inputs, x, name=name or keras_name(config.name))

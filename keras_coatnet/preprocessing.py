@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from keras_coatnet.naming import PREPROCESSING
+from keras_coatnet.naming import PREPROCESSING, parse_block_name
 
 CROP_MODES = ("center", "squash")
 INTERPOLATIONS = ("bicubic", "bilinear")
@@ -169,16 +169,43 @@ def eval_settings(model, default: EvalSettings | None = None) -> EvalSettings | 
     return settings if settings is not None else default
 
 
-def prepare_image(image, model, settings: EvalSettings | None = None):
+def native_size(model) -> int | None:
+    """The image side a size-free model's attention tables are stored for; `None` otherwise.
+
+    Read from the model itself (each transformer block's `grid` times its
+    stride from the input, the stem's 2 included), so it holds for models
+    loaded from `.keras` files too: the checkpoint's size, else the
+    variant's default.
+    """
+    if model.input.shape[1] is not None:
+        return None
+    reduction, seen = 2, set()
+    for layer in model.layers:
+        parsed = parse_block_name(layer.name)
+        if parsed is None:
+            continue
+        if parsed[0] not in seen:  # a stage's first block carries its stride
+            seen.add(parsed[0])
+            reduction *= layer.strides
+        if getattr(layer, "grid", None) is not None:
+            return layer.grid[0] * reduction
+    return None
+
+
+def prepare_image(image, model, settings: EvalSettings | None = None, size=None):
     """One decoded image, resized and cropped for `model` as its weights were evaluated.
 
     Args:
         image: `(h, w, 3)` RGB pixels in 0..255 (a NumPy array, a PIL image
             or a tensor), any size.
-        model: A CoAtNet with a fixed input size; its preprocessing layer
-            supplies the evaluation settings of its weights.
+        model: A CoAtNet; its preprocessing layer supplies the evaluation
+            settings of its weights.
         settings: Overrides the model's settings. Defaults to the model's,
             else `EvalSettings()` (crop 0.95, centre, bicubic).
+        size: The output `(height, width)` (or one side) for a size-free
+            model (`input_shape=(None, None, 3)`); defaults to the size its
+            tables are stored for (the checkpoint's evaluation size). A
+            fixed-size model's own size wins.
 
     Returns:
         A `(H, W, 3)` float32 NumPy array of pixels in 0..255, ready for a
@@ -186,6 +213,13 @@ def prepare_image(image, model, settings: EvalSettings | None = None):
     """
     import numpy as np
 
+    from keras_coatnet.config import check_image_size
+
     _, height, width, _ = model.input.shape
+    if height is None:
+        size = size or native_size(model)
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        for side in (height, width):
+            check_image_size(side, "size")
     settings = settings or eval_settings(model, EvalSettings())
     return np.asarray(eval_transform(np.asarray(image), (height, width), settings))

@@ -216,3 +216,113 @@ def resize_square_table(table, new_size, what: str):
             "keras_coatnet.resize_relative_table(table, old_size, new_size)"
         )
     return resize_relative_table(table, side, new_size)
+
+
+# ----------------------------------------------------------------------------- in the graph
+#
+# A size-free model (`input_shape=(None, None, 3)`) needs the table of a grid
+# known only when it is called. The resize above is separable: destination
+# offset (y, x) takes sum_ab Ay[y, a] Ax[x, b] T[a, b] with one interpolation
+# matrix per axis, each row holding timm's two bracketing weights divided by
+# their sum. `axis_matrix` builds a row set in NumPy from the exact rule
+# above (for sizes known when the graph is traced: always on JAX, and on
+# TensorFlow for static shapes); `axis_matrix_ops` repeats the rule in
+# keras.ops for sizes that are tensors (a TensorFlow graph with unknown
+# height and width): the same 19 halvings of the bisection, in float64.
+
+
+def axis_matrix(src_side: int, dst_side: int) -> np.ndarray:
+    """Interpolation weights of one table axis, `(2*dst_side - 1, 2*src_side - 1)` float32.
+
+    Resamples even when `src_side == dst_side` (timm does whenever the
+    other axis changes); `resize_in_graph` skips the resize when neither
+    axis changes.
+    """
+    src, dst = 2 * src_side - 1, 2 * dst_side - 1
+    targets = np.arange(-(dst // 2), dst // 2 + 1).astype(np.float32)
+    left, right, dist_left, dist_right = _axis_weights(_source_coordinates(src, dst), targets)
+    total = dist_left + dist_right
+    matrix = np.zeros((dst, src), np.float64)
+    rows = np.arange(dst)
+    np.add.at(matrix, (rows, left), dist_right / total)
+    np.add.at(matrix, (rows, right), dist_left / total)
+    return matrix.astype(np.float32)
+
+
+_HALVINGS = 19  # 0.49 / 2**19 < 1e-6 <= 0.49 / 2**18: the loop count of `_source_coordinates`
+
+
+def axis_matrix_ops(src_side: int, dst_side):
+    """`axis_matrix` with `dst_side` a scalar tensor, in keras.ops.
+
+    The ratio and the coordinates in float64 and rounded to float32 at the
+    end, as `_source_coordinates` (in float32 they drift by up to 1e-5 of
+    the table's values at detection sizes). Only TensorFlow graphs with
+    unknown sizes call this (JAX traces every size as Python ints), so the
+    float64 needs no JAX x64 mode.
+    """
+    from keras import ops
+
+    src = 2 * src_side - 1
+    half_src = src // 2
+    half_dst = ops.cast(dst_side - 1, "float64")
+    left = ops.convert_to_tensor(1.01, "float64")
+    right = ops.convert_to_tensor(1.5, "float64")
+    q = left
+    for _ in range(_HALVINGS):
+        q = (left + right) / 2.0
+        beyond = (1.0 - ops.power(q, float(half_src))) / (1.0 - q) > half_dst
+        right = ops.where(beyond, q, right)
+        left = ops.where(beyond, left, q)
+    # 1, 1 + q, 1 + q + q^2, ... (timm's `dis`), then mirrored about 0.
+    dis = ops.cumsum(ops.power(q, ops.arange(0, half_src, dtype="float64")))
+    coords = ops.concatenate([-ops.flip(dis, 0), ops.zeros((1,), "float64"), dis])
+    coords = ops.cast(coords, "float32")
+    targets = ops.cast(ops.arange(-half_dst, half_dst + 1.0, dtype="float64"), "float32")
+    right_index = ops.minimum(ops.searchsorted(coords, targets, side="left"), src - 1)
+    left_index = ops.clip(right_index - 1, 0, src - 1)
+    dist_left = ops.maximum(targets - ops.take(coords, left_index), 0.0)
+    dist_right = ops.maximum(ops.take(coords, right_index) - targets, 0.0)
+    both_zero = ops.logical_and(ops.equal(dist_left, 0.0), ops.equal(dist_right, 0.0))
+    dist_left = ops.where(both_zero, 1.0, dist_left)
+    dist_right = ops.where(both_zero, 1.0, dist_right)
+    total = dist_left + dist_right
+    left_weight = ops.one_hot(left_index, src) * (dist_right / total)[:, None]
+    return left_weight + ops.one_hot(right_index, src) * (dist_left / total)[:, None]
+
+
+def resize_in_graph(table, source, height, width):
+    """`table` of the `source` grid resized to `(height, width)` by timm's rule, in keras.ops.
+
+    Args:
+        table: A `((2*sh - 1) * (2*sw - 1), heads)` float32 tensor.
+        source: The table's grid `(sh, sw)`, Python ints.
+        height, width: The grid to resize to: Python ints, or scalar
+            tensors where the graph does not know them.
+
+    Returns:
+        The `((2*height - 1) * (2*width - 1), heads)` table: `table` itself
+        where the grid is `source`, else within float32 rounding of
+        `resize_relative_table` (the order of the sums differs).
+    """
+    from keras import ops
+
+    source_h, source_w = source
+    heads = table.shape[-1]
+
+    def resized(ay, ax):
+        grid = ops.reshape(table, (2 * source_h - 1, 2 * source_w - 1, heads))
+        grid = ops.einsum("ya,abh->ybh", ay, grid)
+        grid = ops.einsum("xb,ybh->yxh", ax, grid)
+        return ops.reshape(grid, (-1, heads))
+
+    if isinstance(height, numbers.Integral) and isinstance(width, numbers.Integral):
+        if (height, width) == (source_h, source_w):
+            return table
+        return resized(axis_matrix(source_h, height), axis_matrix(source_w, width))
+    same = ops.logical_and(ops.equal(height, source_h), ops.equal(width, source_w))
+    return ops.cond(
+        same,
+        lambda: table,
+        lambda: resized(axis_matrix_ops(source_h, height), axis_matrix_ops(source_w, width)),
+    )

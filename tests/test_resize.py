@@ -196,3 +196,52 @@ def test_matches_timm_rel_pos_bias_set_window_size(torch_timm):
     expected = module.relative_position_bias_table.detach().numpy()
     assert isinstance(module.relative_position_bias_table, torch.nn.Parameter)
     np.testing.assert_array_equal(resize_relative_table(table, (7, 5), (12, 9)), expected)
+
+
+# ----------------------------------------------------------------------------- in the graph
+
+# Source and destination grids of size-free models: CoAtNet-0's S3/S4 grids
+# at 224 (14, 7) to detection-like sizes, non-square, shrinking, and the
+# same grid (which returns the table itself).
+GRAPH_CASES = [
+    ((14, 14), (8, 10)),
+    ((7, 7), (12, 12)),
+    ((14, 14), (14, 20)),
+    ((7, 7), (2, 3)),
+    ((12, 12), (50, 84)),
+    ((7, 7), (7, 7)),
+]
+
+
+@pytest.mark.parametrize("source, target", GRAPH_CASES)
+def test_resize_in_graph_matches_the_numpy_rule(source, target):
+    """Static sizes (NumPy axis matrices) and tensor sizes (keras.ops, float64 coordinates).
+
+    The in-graph resize sums the four corners in another order than timm
+    (two matrix products), so it is not bit-exact: within 4 float32 ulps of
+    the table's largest value (measured 1.1e-7..2.4e-7 of it). The
+    interpolation matrices of the two paths are equal.
+    """
+    import keras
+    import tensorflow as tf
+
+    from keras_coatnet.resize import axis_matrix, axis_matrix_ops, resize_in_graph
+
+    rng = np.random.RandomState(0)
+    rows = (2 * source[0] - 1) * (2 * source[1] - 1)
+    table = rng.randn(rows, 4).astype("float32")
+    want = resize_relative_table(table, source, target)
+    scale = np.abs(want).max()
+    static = np.asarray(resize_in_graph(keras.ops.convert_to_tensor(table), source, *target))
+    traced = tf.function(lambda t, h, w: resize_in_graph(t, source, h, w))
+    dynamic = traced(table, tf.constant(target[0]), tf.constant(target[1])).numpy()
+    for got in (static, dynamic):
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() <= 4 * np.finfo("float32").eps * scale
+    if source == target:
+        np.testing.assert_array_equal(static, table)
+        np.testing.assert_array_equal(dynamic, table)
+    for s, t in zip(source, target, strict=True):
+        np.testing.assert_array_equal(
+            axis_matrix(s, t), np.asarray(axis_matrix_ops(s, tf.constant(t)))
+        )

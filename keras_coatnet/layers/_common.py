@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_coatnet._keras_compat import stored_values
+from keras_coatnet._keras_compat import stored_values, unwrapped_error
 from keras_coatnet.layers.batch_norm import BatchNorm
 
 SQRT_HALF = 0.7071067811865476
@@ -63,10 +63,41 @@ def pool2x2(x, pool_type):
     return ops.average_pool(x, pool_size=2, strides=2, padding="valid")
 
 
+def scaled(side, stride):
+    """A side after a stride: `side // stride`, or `None` for an unknown side (size-free)."""
+    return None if side is None else side // stride
+
+
 def pooled_shape(input_shape):
     """Shape after stride-2 pooling of an NHWC shape with even sides."""
     batch, height, width, channels = input_shape
-    return (batch, height // 2, width // 2, channels)
+    return (batch, scaled(height, 2), scaled(width, 2), channels)
+
+
+def check_sides(inputs, step, minimum):
+    """`inputs`, its height and width checked to be multiples of `step` of at least `minimum`.
+
+    Sides known when the graph is traced (always on JAX) are checked in
+    Python: a one-line ValueError. Unknown ones (a TensorFlow graph of a
+    size-free model, e.g. a SavedModel) get an assertion the output depends
+    on, so it fails before any layer meets the shape. The one
+    backend-specific line of the layers: keras.ops has no assertion, and
+    only TensorFlow graphs have unknown sides.
+    """
+    height, width = inputs.shape[1], inputs.shape[2]
+    rule = f"height and width must be multiples of {step}, at least {minimum}"
+    if height is not None and width is not None:
+        if height % step or width % step or min(height, width) < minimum:
+            error = ValueError(f"image size {height}x{width} is not allowed: {rule}")
+            raise unwrapped_error(error)  # one line, not Keras's call report
+        return inputs
+    import tensorflow as tf
+
+    sides = tf.shape(inputs)[1:3]
+    ok = tf.reduce_all(tf.logical_and(sides % step == 0, sides >= minimum))
+    check = tf.debugging.Assert(ok, [f"image size is not allowed: {rule}; received (h, w):", sides])
+    with tf.control_dependencies([check]):
+        return tf.identity(inputs)
 
 
 def batch_norm_affine(layer):

@@ -7,33 +7,14 @@ import numpy as np
 from keras import ops
 
 from keras_coatnet.config import RELATIVE_BIASES, check_choice
-from keras_coatnet.resize import resize_square_table
-
-
-def relative_position_index(height, width):
-    """Index into a `(2H-1)(2W-1)` table for every (query, key) pair.
-
-    Returns an int32 array of shape `(H*W, H*W)` whose entry `[i, j]` is
-    `(h_i - h_j + H - 1) * (2W - 1) + (w_i - w_j + W - 1)`: the flat position
-    of the offset `i - j` in a row-major `(2H-1, 2W-1)` table (timm's and
-    Swin's layout).
-    """
-    hh, ww = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    coords = np.stack([hh.ravel(), ww.ravel()])  # (2, N)
-    rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N)
-    return ((rel[0] + height - 1) * (2 * width - 1) + rel[1] + width - 1).astype("int32")
-
-
-def relative_log_coords(height, width):
-    """`sign(d) * log(1 + |d|)` of every offset `d = (dh, dw)`, float32 `((2H-1)(2W-1), 2)`.
-
-    Rows follow the table layout of `relative_position_index`; this is the
-    input of timm's `RelPosMlp` in its default "cr" mode.
-    """
-    dh = np.arange(-(height - 1), height, dtype="float32")
-    dw = np.arange(-(width - 1), width, dtype="float32")
-    grid = np.stack(np.meshgrid(dh, dw, indexing="ij"), axis=-1).reshape(-1, 2)
-    return (np.sign(grid) * np.log1p(np.abs(grid))).astype("float32")
+from keras_coatnet.layers.relative_position import (
+    is_static,
+    relative_log_coords,
+    relative_log_coords_ops,
+    relative_position_index,
+    relative_position_index_ops,
+)
+from keras_coatnet.resize import resize_in_graph, resize_square_table
 
 
 @keras.saving.register_keras_serializable(package="keras_coatnet")
@@ -79,9 +60,17 @@ class RelativeAttention(keras.layers.Layer):
         cache_bias: Cache the gathered bias for inference. `False` gathers on
             every call and saves `heads * (HW)^2` floats of memory.
             Defaults to `True`.
+        grid: The feature grid `(H, W)` the table is stored at. Needed
+            only when the layer is built for unknown sides (a size-free
+            model); otherwise the built sides are the grid. A size-free
+            layer accepts any sides: at `grid` it uses the cache, at
+            others it computes the bias per call, from the table resized
+            by timm's rule (`resize.resize_in_graph`) or from the MLP over
+            that grid's offsets.
 
     Call arguments:
-        inputs: NHWC map `(B, H, W, C)` with static `H` and `W`.
+        inputs: NHWC map `(B, H, W, C)`; `H` and `W` static unless the
+            layer was built size-free.
         training: Python bool; `True` bypasses the cache.
     """
 
@@ -93,6 +82,7 @@ class RelativeAttention(keras.layers.Layer):
         bias_type="table",
         mlp_dim=512,
         cache_bias=True,
+        grid=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -106,6 +96,7 @@ class RelativeAttention(keras.layers.Layer):
         self.bias_type = bias_type
         self.mlp_dim = mlp_dim
         self.cache_bias = cache_bias
+        self.grid = None if grid is None else (int(grid[0]), int(grid[1]))
         self.num_heads = filters // head_size
         # Set only while an export traces the model: a function returning the
         # bias read from a variable (a function, so Keras does not track it).
@@ -125,11 +116,16 @@ class RelativeAttention(keras.layers.Layer):
 
     def build(self, input_shape):
         _, height, width, _ = input_shape
-        if height is None or width is None:
-            raise ValueError(
-                "RelativeAttention needs static height and width, "
-                f"received input shape {input_shape}"
-            )
+        # Size-free: sides unknown until called, the table stored at `grid`.
+        self.size_free = height is None or width is None
+        if self.size_free:
+            if self.grid is None:
+                raise ValueError(
+                    "RelativeAttention built for unknown sides (input shape "
+                    f"{input_shape}) needs grid=(height, width), the table's grid"
+                )
+            height, width = self.grid
+            input_shape = (input_shape[0], height, width, input_shape[-1])
         self.height, self.width = int(height), int(width)
         self.qkv.build(input_shape)
         self.proj.build(input_shape[:-1] + (self.filters,))
@@ -230,36 +226,91 @@ class RelativeAttention(keras.layers.Layer):
         self._store(bias, table)
         return bias
 
+    def grid_bias(self, height, width):
+        """The `(heads, HW, HW)` float32 bias of another grid, computed now (size-free layers).
+
+        `height` and `width` are Python ints, or scalar tensors in a graph
+        that does not know them. The table resized from its grid by timm's
+        rule, or the MLP over the new grid's offsets (what timm computes
+        for a model created at that size), then gathered.
+        """
+        if self.bias_type == "table":
+            table = resize_in_graph(self.table(), (self.height, self.width), height, width)
+        elif is_static(height, width):
+            table = self.relative_mlp2(self.relative_mlp1(relative_log_coords(height, width)))
+        else:
+            table = self.relative_mlp2(self.relative_mlp1(relative_log_coords_ops(height, width)))
+        if is_static(height, width):
+            index = relative_position_index(height, width).reshape(-1)
+        else:
+            index = relative_position_index_ops(height, width)
+        tokens = height * width
+        bias = ops.reshape(ops.take(table, index, axis=0), (tokens, tokens, self.num_heads))
+        return ops.transpose(bias, (2, 0, 1))
+
     def call(self, inputs, training=None):
         batch = ops.shape(inputs)[0]
-        tokens = self.height * self.width
+        height, width = inputs.shape[1], inputs.shape[2]
+        if not self.size_free:
+            if (
+                height is not None
+                and width is not None
+                and (height, width)
+                != (
+                    self.height,
+                    self.width,
+                )
+            ):
+                raise ValueError(
+                    f"Layer {self.name!r} was built for a {self.height}x{self.width} map, "
+                    f"received {height}x{width}"
+                )
+            height, width = self.height, self.width
+        elif height is None or width is None:  # a graph that does not know them
+            height, width = ops.shape(inputs)[1], ops.shape(inputs)[2]
+        else:
+            height, width = int(height), int(width)
         heads, dim = self.num_heads, self.head_size
         # Dense layers on (B*N, C) matrices: a MatMul with a fused BiasAdd (on a
         # 4-D map Keras runs Tensordot and a separate bias add).
         qkv = self.qkv(ops.reshape(inputs, (-1, inputs.shape[-1])))
-        qkv = ops.reshape(qkv, (batch, tokens, heads, 3, dim))
+        qkv = ops.reshape(qkv, (batch, height * width, heads, 3, dim))
         qkv = ops.transpose(qkv, (3, 0, 2, 1, 4))  # (3, B, heads, N, d)
         # unstack, not qkv[i]: the gradient of three strided slices is three
         # zero-filled full-size tensors and their sum; unstack's is one stack.
         q, k, v = ops.unstack(qkv, 3, axis=0)
-        out = self._attend(q, k, v, training)
+        out = self._attend(q, k, v, training, height, width)
         out = self.proj(ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (-1, self.filters)))
-        return ops.reshape(out, (batch, self.height, self.width, self.output_filters))
+        return ops.reshape(out, (batch, height, width, self.output_filters))
 
-    def _attend(self, q, k, v, training):
+    def _bias(self, training):
+        """The bias at the layer's own grid: frozen (export), cached, or gathered."""
+        if self.frozen_bias is not None and not training:
+            # Export: the bias is read from a variable, stored once.
+            return self.frozen_bias()
+        if self.cache_bias and not training:
+            return self._inference_bias()
+        return self.relative_bias()
+
+    def _attend(self, q, k, v, training, height=None, width=None):
+        height = self.height if height is None else height
+        width = self.width if width is None else width
         dim = self.head_size
         q = q * ops.cast(1.0 / math.sqrt(dim), q.dtype)
         # (B, heads, N, N), in float32 for the softmax
         logits = ops.cast(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))), "float32")
-        if self.frozen_bias is not None and not training:
-            # Export: the bias is read from a variable, stored once.
-            bias = self.frozen_bias()
-        elif self.cache_bias and not training:
-            bias = self._inference_bias()
+        if is_static(height, width):
+            if (height, width) == (self.height, self.width):
+                bias = self._bias(training)
+            else:
+                bias = self.grid_bias(height, width)
         else:
-            bias = self.relative_bias()
+            own = ops.logical_and(ops.equal(height, self.height), ops.equal(width, self.width))
+            bias = ops.cond(
+                own, lambda: self._bias(training), lambda: self.grid_bias(height, width)
+            )
         logits = logits + bias
-        if self.height * self.width == 1:
+        if is_static(height, width) and height * width == 1:
             # A 1x1 map (S4 of a 32x32 input): ops.softmax warns on a one-key
             # axis; the explicit form is the same 1.0 and keeps the table's
             # (zero) gradient defined.
@@ -311,4 +362,6 @@ class RelativeAttention(keras.layers.Layer):
                 "cache_bias": self.cache_bias,
             }
         )
+        if self.grid is not None:
+            config["grid"] = list(self.grid)
         return config

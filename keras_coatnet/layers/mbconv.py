@@ -13,6 +13,7 @@ from keras_coatnet.layers._common import (
     pool2x2,
     pooled_shape,
     rematerialized,
+    scaled,
 )
 from keras_coatnet.layers.drop_path import DropPath
 
@@ -223,13 +224,19 @@ class MBConvBlock(keras.layers.Layer):
             self.shortcut.build(pooled)
         self.pre_norm.build(input_shape)
         if self.strides == 2 and self.stride_mode == "pool":
-            height, width = height // 2, width // 2
+            height, width = scaled(height, 2), scaled(width, 2)
         self.conv1.build((batch, height, width, self.input_filters))
         hidden = (batch, height, width, self.hidden_filters)
         self.norm1.build(hidden)
         pad = 2 if self.dw_strides == 2 and self.padding == "symmetric" else 0
-        self.conv2.build((batch, height + pad, width + pad, self.hidden_filters))
-        out = (batch, height // self.dw_strides, width // self.dw_strides, self.hidden_filters)
+        padded = [None if side is None else side + pad for side in (height, width)]
+        self.conv2.build((batch, *padded, self.hidden_filters))
+        out = (
+            batch,
+            scaled(height, self.dw_strides),
+            scaled(width, self.dw_strides),
+            self.hidden_filters,
+        )
         self.norm2.build(out)
         self.se.build(out)
         self.conv3.build(out)
@@ -326,7 +333,7 @@ class MBConvBlock(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         batch, height, width, _ = input_shape
-        return (batch, height // self.strides, width // self.strides, self.filters)
+        return (batch, scaled(height, self.strides), scaled(width, self.strides), self.filters)
 
     def get_config(self):
         config = super().get_config()

@@ -3,13 +3,15 @@
 import keras
 from keras import ops
 
-from keras_coatnet.config import CONV_ACTIVATIONS, PADDINGS, check_choice
+from keras_coatnet.config import CONV_ACTIVATIONS, PADDINGS, SIZE_STEP, check_choice
 from keras_coatnet.layers._common import (
     activation,
     batch_norm,
     batch_norm_affine,
+    check_sides,
     float32,
     pad_symmetric,
+    scaled,
 )
 
 
@@ -84,13 +86,19 @@ class Stem(keras.layers.Layer):
 
     def build(self, input_shape):
         batch, height, width, channels = input_shape
+        # Unknown sides (a size-free model): checked when called.
+        self.size_free = height is None or width is None
         pad = 2 if self.padding == "symmetric" else 0
-        self.conv1.build((batch, height + pad, width + pad, channels))
-        mid = (batch, height // 2, width // 2, self.hidden_filters)
+        padded = [None if side is None else side + pad for side in (height, width)]
+        self.conv1.build((batch, *padded, channels))
+        mid = (batch, scaled(height, 2), scaled(width, 2), self.hidden_filters)
         self.norm1.build(mid)
         self.conv2.build(mid)
 
     def call(self, inputs, training=None):
+        if self.size_free:
+            # The first layer that would fail on a bad size: the model's size rule here.
+            inputs = check_sides(inputs, SIZE_STEP, SIZE_STEP)
         if not training and self.inference_branch is not None:
             return self.inference_branch(inputs)
         x = pad_symmetric(inputs) if self.padding == "symmetric" else inputs
@@ -107,7 +115,7 @@ class Stem(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         batch, height, width, _ = input_shape
-        return (batch, height // 2, width // 2, self.filters)
+        return (batch, scaled(height, 2), scaled(width, 2), self.filters)
 
     def get_config(self):
         config = super().get_config()

@@ -10,6 +10,7 @@ from keras_coatnet.layers._common import (
     pool2x2,
     pooled_shape,
     rematerialized,
+    scaled,
 )
 from keras_coatnet.layers.attention import RelativeAttention
 from keras_coatnet.layers.drop_path import DropPath
@@ -58,6 +59,10 @@ class TransformerBlock(keras.layers.Layer):
         remat: Recompute the block's activations in the backward pass of a
             training step instead of keeping them (less memory, about one
             more forward pass). Defaults to `False`.
+        grid: The attention's feature grid `(H, W)` (after the block's
+            pooling) where the block is built for unknown sides (a
+            size-free model): its relative table is stored at that grid.
+            Defaults to `None` (the built sides are the grid).
 
     Call arguments:
         inputs: NHWC map with `input_filters` channels.
@@ -85,6 +90,7 @@ class TransformerBlock(keras.layers.Layer):
         cache_bias=True,
         sync_batchnorm=False,
         remat=False,
+        grid=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -109,6 +115,7 @@ class TransformerBlock(keras.layers.Layer):
         self.approximate_gelu = approximate_gelu
         self.pool_type = pool_type
         self.cache_bias = cache_bias
+        self.grid = None if grid is None else (int(grid[0]), int(grid[1]))
         TransformerConfig.of(self)  # checks the settings with the config's own checks
         dt = self.dtype_policy
 
@@ -130,6 +137,7 @@ class TransformerBlock(keras.layers.Layer):
             bias_type=relative_bias,
             mlp_dim=relative_mlp_dim,
             cache_bias=cache_bias,
+            grid=grid,
             name=ATTENTION,
             dtype=dt,
         )
@@ -186,7 +194,7 @@ class TransformerBlock(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         batch, height, width, _ = input_shape
-        return (batch, height // self.strides, width // self.strides, self.filters)
+        return (batch, scaled(height, self.strides), scaled(width, self.strides), self.filters)
 
     def compute_output_spec(self, inputs, training=None):
         return keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype=self.compute_dtype)
@@ -216,4 +224,6 @@ class TransformerBlock(keras.layers.Layer):
                 "remat": self.remat,
             }
         )
+        if self.grid is not None:
+            config["grid"] = list(self.grid)
         return config

@@ -85,6 +85,13 @@ def export(
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, received: {format!r}")
+    if model.input.shape[1] is None or model.input.shape[2] is None:
+        # Issue 26's export part: dynamic-size signatures are not built yet.
+        raise ValueError(
+            f"model {model.name!r} is size-free (input shape {tuple(model.input.shape)}); "
+            "exports take a fixed size for now: build it with input_shape=(size, size, 3) "
+            "and the same weights"
+        )
     if format == "tf_saved_model":
         from keras_coatnet.serving.savedmodel import write_saved_model
 
