@@ -38,6 +38,7 @@ _API = {
     "create_model": "keras_coatnet.model",
     "list_models": "keras_coatnet.model",
     "stage_features": "keras_coatnet.model",
+    "pyramid_outputs": "keras_coatnet.model",
     "export": "keras_coatnet.serving",
     "Profile": "keras_coatnet.profiling",
     "profile": "keras_coatnet.profiling",

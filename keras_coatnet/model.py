@@ -34,6 +34,7 @@ __all__ = [
     "CoAtNet7",
     "create_model",
     "list_models",
+    "pyramid_outputs",
     "stage_features",
 ]
 
@@ -204,11 +205,33 @@ def create_model(name: str, **kwargs) -> keras.Model:
     return CoAtNet(get_config(name), **kwargs)
 
 
+def _stage_outputs(model: keras.Model) -> dict[int, object]:
+    """`{stride: output}` of the stem and of the last stage at each stride (KerasTensors).
+
+    Strides from the input (the stem's 2, then each stage's first block),
+    known also where the sides are not: a size-free model.
+    """
+    first_by_stage, last_by_stage = {}, {}
+    for layer in model.layers:
+        parsed = parse_block_name(layer.name)
+        if parsed is not None:
+            first_by_stage.setdefault(parsed[0], layer)
+            last_by_stage[parsed[0]] = layer
+    if STEM not in [layer.name for layer in model.layers] or not last_by_stage:
+        raise ValueError(f"model {model.name!r} is not a CoAtNet built by keras_coatnet")
+    outputs, reduction = {2: model.get_layer(STEM).output}, 2
+    for s in sorted(last_by_stage):
+        reduction *= first_by_stage[s].strides
+        outputs[reduction] = last_by_stage[s].output  # the last stage at a stride wins
+    return outputs
+
+
 def stage_features(model: keras.Model) -> keras.Model:
     """A model returning the feature maps of every stage, for dense tasks.
 
     Args:
-        model: A model built by `CoAtNet` or a factory (any `include_top`).
+        model: A model built by `CoAtNet` or a factory (any `include_top`,
+            fixed-size or size-free).
 
     Returns:
         A `keras.Model` on the same input whose output is a dict
@@ -216,25 +239,27 @@ def stage_features(model: keras.Model) -> keras.Model:
         the model's layers and weights. For CoAtNet-6/7, `"S3"` is the output
         of the transformer part of the split stage.
     """
-    names = [layer.name for layer in model.layers]
-    first_by_stage, last_by_stage = {}, {}
-    for layer in model.layers:
-        parsed = parse_block_name(layer.name)
-        if parsed is not None:
-            first_by_stage.setdefault(parsed[0], layer)
-            last_by_stage[parsed[0]] = layer
-    if STEM not in names or not last_by_stage:
-        raise ValueError(f"model {model.name!r} is not a CoAtNet built by keras_coatnet")
-    outputs = {"S0": model.get_layer(STEM).output}
-    # Group stages by their stride from the input (known also where the
-    # sides are not: a size-free model); the last stage at a stride wins.
-    by_reduction, reduction = {}, 2  # the stem's stride
-    for s in sorted(last_by_stage):
-        reduction *= first_by_stage[s].strides
-        by_reduction[reduction] = last_by_stage[s].output
-    for i, reduction in enumerate(sorted(by_reduction), start=1):
-        outputs[f"S{i}"] = by_reduction[reduction]
+    stages = _stage_outputs(model)
+    outputs = {f"S{i}": stages[stride] for i, stride in enumerate(sorted(stages))}
     return keras.Model(model.input, outputs, name=f"{model.name}_features")
+
+
+def pyramid_outputs(model: keras.Model) -> dict[str, object]:
+    """The feature maps by pyramid level, as KerasHub's `FeaturePyramidBackbone` names them.
+
+    `{"P1": stride 2 (the stem), "P2": 4, "P3": 8, "P4": 16, "P5": 32}`:
+    level `n` has stride `2**n`. KerasTensors of `model`'s graph, for a
+    detection or segmentation head:
+    `keras.Model(model.input, pyramid_outputs(model))`, as
+    `keras.Model(backbone.inputs, backbone.pyramid_outputs)` in KerasHub.
+    The same maps as `stage_features` (`"S0"` is `"P1"`).
+
+    Args:
+        model: A model built by `CoAtNet` or a factory (any `include_top`,
+            fixed-size or size-free).
+    """
+    stages = _stage_outputs(model)
+    return {f"P{stride.bit_length() - 1}": stages[stride] for stride in sorted(stages)}
 
 
 _FACTORY_DOC = """Instantiate the CoAtNet-{n} architecture.

@@ -279,7 +279,10 @@ def axis_matrix_ops(src_side: int, dst_side):
     coords = ops.concatenate([-ops.flip(dis, 0), ops.zeros((1,), "float64"), dis])
     coords = ops.cast(coords, "float32")
     targets = ops.cast(ops.arange(-half_dst, half_dst + 1.0, dtype="float64"), "float32")
-    right_index = ops.minimum(ops.searchsorted(coords, targets, side="left"), src - 1)
+    # searchsorted(coords, targets, side="left"), as a count (exporters such
+    # as tf2onnx have no LowerBound op): the coordinates below each target.
+    below = ops.cast(ops.less(coords[None, :], targets[:, None]), "int32")
+    right_index = ops.minimum(ops.sum(below, axis=1), src - 1)
     left_index = ops.clip(right_index - 1, 0, src - 1)
     dist_left = ops.maximum(targets - ops.take(coords, left_index), 0.0)
     dist_right = ops.maximum(ops.take(coords, right_index) - targets, 0.0)

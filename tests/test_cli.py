@@ -287,6 +287,29 @@ def test_export_writes_a_serving_version(files, tmp_path):
     assert (tmp_path / "serving" / "1" / "saved_model.pb").exists()
 
 
+def test_export_size_free_takes_any_multiple_of_32(files, tmp_path):
+    import tensorflow as tf
+
+    out = ok(
+        coatnet(
+            "export", "coatnet-digits", "--size-free", "--image-size", "96",
+            "--weights", files / "digits.weights.h5",
+            "--classes", "10",
+            "--output", tmp_path / "serving",
+        )
+    )  # fmt: skip
+    loaded = tf.saved_model.load(out.split()[-1])
+    images = loaded.signatures["serving_default"].structured_input_signature[1]["images"]
+    assert images.shape.as_list() == [None, None, None, 3]
+    for shape in ((1, 64, 64, 3), (1, 32, 96, 3)):
+        scores = loaded.signatures["serving_default"](images=tf.zeros(shape))["probabilities"]
+        assert scores.shape == (1, 10)
+    # serving_bytes prepares its images at --image-size.
+    image = tf.io.encode_png(tf.zeros((40, 50, 3), tf.uint8))
+    scores = loaded.signatures["serving_bytes"](image_bytes=tf.stack([image]))["probabilities"]
+    assert scores.shape == (1, 10)
+
+
 @requires_timm
 def test_convert_checks_against_timm_and_writes(tmp_path):
     out = ok(coatnet("convert", "coatnet_pico_rw_224", "--output-dir", tmp_path))

@@ -117,7 +117,9 @@ def test_non_square_inputs(shape):
 @pytest.mark.parametrize(
     "input_shape,match",
     [
-        ((None, None, 3), "input height must be a positive multiple of 32, received: None"),
+        # Both sides None is a size-free model (tests/test_size_free.py); one is not.
+        ((None, 224, 3), "input height must be a positive multiple of 32, received: None"),
+        ((224, None, 3), "input width must be a positive multiple of 32, received: None"),
         ((100, 224, 3), "received: 100"),
         ((224, 200, 3), "received: 200"),
         ((3, 224, 224), "channels_first"),

@@ -5,6 +5,8 @@ same weights (its tables resized by the load path, in NumPy) and timm's own
 model created at that size (its checkpoint filter resizing the tables).
 """
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -161,13 +163,80 @@ def test_a_size_free_model_trains_at_two_sizes():
     assert np.abs(_numpy(table) - before).max() > 0
 
 
-def test_export_of_a_size_free_model_is_refused_in_one_line(tmp_path):
-    # Not built yet (docs/ARCHITECTURE.md, "Size-free models"): refused up
-    # front, nothing written.
+def test_litert_export_of_a_size_free_model_is_refused_in_one_line(tmp_path):
+    # Its per-call bias needs TensorFlow select ops the LiteRT interpreter
+    # lacks (measured: the file answered at the native size only): refused
+    # up front, nothing written.
     model = kc.CoAtNet(TINY, input_shape=(None, None, 3), classes=10)
-    with pytest.raises(ValueError, match=r"is size-free .*exports take a fixed size for now"):
-        kc.export(model, str(tmp_path / "serving"))
-    assert not (tmp_path / "serving").exists()
+    with pytest.raises(ValueError, match=r"is size-free .*format='litert' takes a fixed size"):
+        kc.export(model, str(tmp_path / "model.tflite"), format="litert")
+    assert not os.listdir(tmp_path)
+
+
+FILES_CHILD = """
+import json, sys
+import numpy as np
+from keras_coatnet.serving import load
+
+out = {}
+for path in sys.argv[1:]:
+    model = load(path, threads=1)
+    result = {"size": list(model.image_size)}
+    for name, shape in (("native", (2, 224, 224, 3)), ("other", (1, 96, 64, 3))):
+        x = np.random.RandomState(0).uniform(0, 255, shape).astype("float32")
+        result[name] = model(x).tolist()
+    try:
+        model(np.zeros((1, 100, 100, 3), "float32"))
+    except ValueError as error:
+        result["bad"] = str(error)
+    out[path] = result
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize(
+    "format, runtime",
+    [
+        ("onnx", "onnxruntime"),
+        # 26 s more here (the ONNX case 64 s): the default suite keeps ONNX.
+        pytest.param("openvino", "openvino", marks=pytest.mark.slow),
+    ],
+)
+def test_one_file_export_answers_two_sizes_in_a_fresh_process(tmp_path, format, runtime):
+    import json
+    import subprocess
+    import sys
+
+    from helpers import randomize
+
+    pytest.importorskip(runtime)
+    keras.utils.set_random_seed(0)
+    model = kc.CoAtNet(TINY, input_shape=(None, None, 3), classes=10)
+    randomize(model)
+    paths = [kc.export(model, str(tmp_path / "m"), format=format)]
+    result = subprocess.run(
+        [sys.executable, "-c", FILES_CHILD, *paths],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    served = json.loads(line[len("RESULT ") :])
+    for path in paths:
+        assert served[path]["size"] == [None, None], path
+        for name, shape in (("native", (2, 224, 224, 3)), ("other", (1, 96, 64, 3))):
+            x = np.random.RandomState(0).uniform(0, 255, shape).astype("float32")
+            np.testing.assert_allclose(
+                served[path][name], _numpy(model(x)), atol=1e-4, err_msg=f"{path} {name}"
+            )
+        # The runtimes have no assertion of their own (tf2onnx drops
+        # TensorFlow's); `serving.load` checks the size rule before running.
+        assert served[path]["bad"] == (
+            "images must be float32 [batch, H, W, 3] pixels in 0..255, H and W multiples of "
+            "32 (at least 32), received shape (1, 100, 100, 3)"
+        ), served[path]
 
 
 def test_prepare_image_goes_to_the_native_size_unless_given():
@@ -182,3 +251,74 @@ def test_prepare_image_goes_to_the_native_size_unless_given():
     assert kc.prepare_image(photo, fixed, size=160).shape == (64, 96, 3)  # its own size wins
     with pytest.raises(ValueError, match="size must be a positive multiple of 32, received: 100"):
         kc.prepare_image(photo, free, size=100)
+
+
+@pytest.mark.parametrize("shape", [(None, None, 3), (64, 96, 3)])
+def test_pyramid_outputs_name_levels_by_stride(shape):
+    model = kc.CoAtNet(TINY, input_shape=shape, include_top=False)
+    pyramid = kc.pyramid_outputs(model)
+    assert list(pyramid) == ["P1", "P2", "P3", "P4", "P5"]
+    features = keras.Model(model.input, pyramid)
+    x = np.zeros((1, 64, 96, 3), "float32")
+    maps = features(x)
+    for level, feature in maps.items():
+        stride = 2 ** int(level[1:])
+        assert tuple(feature.shape[1:3]) == (64 // stride, 96 // stride), level
+    # The same tensors as stage_features's S0..S4.
+    stages = kc.stage_features(model)(x)
+    for i in range(5):
+        np.testing.assert_array_equal(_numpy(maps[f"P{i + 1}"]), _numpy(stages[f"S{i}"]))
+
+
+SAVED_MODEL_CHILD = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+
+loaded = tf.saved_model.load(sys.argv[1])
+serve = loaded.signatures["serving_default"]
+out = {}
+for name, shape in (("native", (2, 224, 224, 3)), ("other", (1, 96, 64, 3))):
+    x = np.random.RandomState(0).uniform(0, 255, shape).astype("float32")
+    out[name] = serve(images=tf.constant(x))["probabilities"].numpy().tolist()
+try:
+    serve(images=tf.zeros((1, 100, 100, 3)))
+    out["bad"] = None
+except tf.errors.InvalidArgumentError as error:
+    out["bad"] = error.message
+image = tf.io.encode_jpeg(tf.cast(tf.random.uniform((50, 70, 3), 0, 255), tf.uint8))
+out["bytes"] = loaded.signatures["serving_bytes"](image_bytes=tf.stack([image]))[
+    "probabilities"].shape.as_list()
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_one_saved_model_answers_two_sizes_in_a_fresh_process(tmp_path):
+    """The size-free SavedModel: its native grid (the bias as stored) and another (per call)."""
+    import json
+    import subprocess
+    import sys
+
+    from helpers import randomize
+
+    keras.utils.set_random_seed(0)
+    model = kc.CoAtNet(TINY, input_shape=(None, None, 3), classes=10)
+    randomize(model)
+    target = kc.export(model, str(tmp_path / "serving"))
+    result = subprocess.run(
+        [sys.executable, "-c", SAVED_MODEL_CHILD, target],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    served = json.loads(line[len("RESULT ") :])
+    for name, shape in (("native", (2, 224, 224, 3)), ("other", (1, 96, 64, 3))):
+        x = np.random.RandomState(0).uniform(0, 255, shape).astype("float32")
+        np.testing.assert_allclose(served[name], _numpy(model(x)), atol=1e-4, err_msg=name)
+    # TensorFlow's graph error, naming the rule (as the fixed-size export names its size).
+    rule = "images must be float32 [batch, H, W, 3] pixels in 0..255, H and W multiples of 32"
+    assert f"assertion failed: [{rule} (at least 32)]" in served["bad"], served["bad"]
+    assert served["bytes"] == [1, 10]  # prepared at the native size, 224

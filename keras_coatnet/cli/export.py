@@ -34,6 +34,12 @@ def register(subparsers, parents) -> None:
         "file (.onnx, .tflite, .xml; added when missing)",
     )
     p.add_argument("--image-size", type=int, help="input side (default: the model's)")
+    p.add_argument(
+        "--size-free",
+        action="store_true",
+        help="one model for any multiple of 32 (input_shape (None, None, 3); not for litert); "
+        "--image-size is then the side serving_bytes prepares images at",
+    )
     p.add_argument("--classes", type=int, help="default: the weights' head, else 1000")
     p.add_argument(
         "--version", type=int, help="tf_saved_model: default one more than the highest present"
@@ -62,7 +68,7 @@ def run(args):
     model = CoAtNet(
         cfg,
         weights=args.weights,
-        input_shape=(size, size, 3),
+        input_shape=(None, None, 3) if args.size_free else (size, size, 3),
         classes=args.classes,
         classifier_activation=None if args.outputs == "logits" else "softmax",
     )
@@ -77,5 +83,6 @@ def run(args):
         crop_mode=args.crop_mode,
         interpolation=args.interpolation,
         precision=args.precision,
+        image_size=args.image_size if args.size_free and args.format == "tf_saved_model" else None,
     )
     print(f"wrote {target}")

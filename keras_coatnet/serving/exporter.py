@@ -16,6 +16,7 @@ def export(
     crop_mode: str | None = None,
     interpolation: str | None = None,
     precision: str | None = None,
+    image_size: int | None = None,
 ) -> str:
     """Export `model` for serving; returns the path of what was written.
 
@@ -33,7 +34,11 @@ def export(
     the scores named by `outputs`.
 
     Every format stores each attention bias once, precomputed: no gather
-    and no cache refresh in the exported graph. A failure leaves no
+    and no cache refresh in the exported graph. A size-free model
+    (`input_shape=(None, None, 3)`) exports to every format but LiteRT:
+    its `images` take `[batch, None, None, 3]`, any multiple of 32; at the
+    grids the tables are stored for the bias is read as stored, at others
+    it is resized and gathered per call, by design. A failure leaves no
     partial version or file behind.
 
     `precision="bf16"` writes the SavedModel in bfloat16: its `Dense` and
@@ -50,8 +55,8 @@ def export(
 
     Args:
         model: A CoAtNet `keras.Model` with its head and built-in
-            preprocessing (`include_top=True, include_preprocessing=True`)
-            at a fixed input size, on the TensorFlow backend.
+            preprocessing (`include_top=True, include_preprocessing=True`),
+            on the TensorFlow backend.
         path: The model's base directory (TF Serving's `--model_base_path`)
             for `"tf_saved_model"`; the model file for the others.
         format: One of `"tf_saved_model"`, `"onnx"`, `"litert"`,
@@ -75,6 +80,9 @@ def export(
             resizing. Defaults as `crop_pct`, else `"bicubic"`.
         precision: SavedModel only. `"f32"` or `"bf16"` (see above).
             Defaults to `"f32"`.
+        image_size: SavedModel of a size-free model only: the side
+            `serving_bytes` prepares images at. Defaults to the size its
+            tables are stored for (its checkpoint's evaluation size).
 
     Returns:
         The version directory (SavedModel) or the model file written.
@@ -85,12 +93,13 @@ def export(
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, received: {format!r}")
-    if model.input.shape[1] is None or model.input.shape[2] is None:
-        # Issue 26's export part: dynamic-size signatures are not built yet.
+    if format == "litert" and model.input.shape[1] is None:
+        # The per-call bias converts to TensorFlow select ops, which the LiteRT
+        # interpreter lacks (docs/ARCHITECTURE.md, "Size-free models").
         raise ValueError(
             f"model {model.name!r} is size-free (input shape {tuple(model.input.shape)}); "
-            "exports take a fixed size for now: build it with input_shape=(size, size, 3) "
-            "and the same weights"
+            "format='litert' takes a fixed size: build it with input_shape=(size, size, 3) "
+            "and the same weights (tf_saved_model, onnx and openvino take size-free models)"
         )
     if format == "tf_saved_model":
         from keras_coatnet.serving.savedmodel import write_saved_model
@@ -105,6 +114,7 @@ def export(
             crop_mode=crop_mode,
             interpolation=interpolation,
             precision="f32" if precision is None else precision,
+            image_size=image_size,
         )
     saved_model_only = dict(
         version=version,
@@ -113,6 +123,7 @@ def export(
         crop_mode=crop_mode,
         interpolation=interpolation,
         precision=precision,
+        image_size=image_size,
     )
     given = [name for name, value in saved_model_only.items() if value is not None]
     if given:

@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from keras_coatnet.config import SIZE_STEP
 from keras_coatnet.serving.formats import EXTENSIONS, OUTPUTS, PRECISIONS, SIGNATURE_IMAGES
 
 RUNTIMES = (None, "openvino")
@@ -90,15 +91,25 @@ class ExportedModel:
             )
         self._compiled_model = None  # OpenVINO's, to read back what it compiled for
         self._run, shape = getattr(self, f"_load_{self.runtime}")(path, threads, precision)
-        self.image_size = tuple(int(side) for side in shape[1:3])
+        # (None, None) for an export of a size-free model.
+        self.image_size = tuple(_side(side) for side in shape[1:3])
 
     def __call__(self, images) -> np.ndarray:
         images = np.asarray(images)
         height, width = self.image_size
-        expected = f"float32 [batch, {height}, {width}, 3] pixels in 0..255"
+        if height is None:  # size-free: the model's size rule, checked here for every runtime
+            expected = (
+                f"float32 [batch, H, W, 3] pixels in 0..255, H and W multiples of {SIZE_STEP} "
+                f"(at least {SIZE_STEP})"
+            )
+            fits = images.ndim == 4 and images.shape[3] == 3
+            fits = fits and all(s % SIZE_STEP == 0 and s >= SIZE_STEP for s in images.shape[1:3])
+        else:
+            expected = f"float32 [batch, {height}, {width}, 3] pixels in 0..255"
+            fits = images.ndim == 4 and images.shape[1:] == (height, width, 3)
         if images.dtype != np.float32:
             raise ValueError(f"images must be {expected}, received dtype {images.dtype}")
-        if images.ndim != 4 or images.shape[1:] != (height, width, 3):
+        if not fits:
             raise ValueError(f"images must be {expected}, received shape {images.shape}")
         if images.shape[0] == 0:
             raise ValueError(f"images must be {expected} with at least one image, received none")
@@ -128,7 +139,8 @@ class ExportedModel:
         interpreter = _import("litert").Interpreter(model_path=path, num_threads=threads)
         runner = interpreter.get_signature_runner()
         name = interpreter.get_signature_list()[SIGNATURE_IMAGES]["inputs"][0]
-        shape = interpreter.get_input_details()[0]["shape"]
+        # The shape with -1 where it is dynamic (`shape` holds 1 there).
+        shape = interpreter.get_input_details()[0]["shape_signature"]
         return lambda images: next(iter(runner(**{name: images}).values())), shape
 
     def _load_openvino(self, path, threads, precision):
@@ -140,7 +152,17 @@ class ExportedModel:
         self._compiled_model = compiled
         request = compiled.create_infer_request()
         shape = compiled.input(0).get_partial_shape()
-        return lambda images: request.infer(images)[0], [None, *(d.get_length() for d in shape[1:])]
+        sides = [d.get_length() if d.is_static else None for d in shape[1:]]
+        return lambda images: request.infer(images)[0], [None, *sides]
+
+
+def _side(side) -> int | None:
+    """An input side as a runtime reports it; `None` where it is dynamic (None, -1, a name)."""
+    try:
+        side = int(side)
+    except (TypeError, ValueError):
+        return None
+    return side if side > 0 else None
 
 
 def load(

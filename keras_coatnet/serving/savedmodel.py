@@ -68,7 +68,7 @@ def _head_activation(model):
 
 
 def check_model(model, outputs, top_k=1):
-    """Input height, width and head activation of a model that can be exported, else an error."""
+    """Input height, width (`None` for a size-free model) and head activation, else an error."""
     if keras.backend.backend() != "tensorflow":
         raise ValueError(
             f"export writes a TensorFlow SavedModel; the Keras backend is "
@@ -85,8 +85,11 @@ def check_model(model, outputs, top_k=1):
             "export serves pixels in 0..255: build the model with include_preprocessing=True"
         )
     _, height, width, channels = model.input.shape
-    if None in (height, width) or channels != 3:
-        raise ValueError(f"export needs a fixed (H, W, 3) input, the model has {model.input.shape}")
+    if (height is None) != (width is None) or channels != 3:
+        raise ValueError(
+            "export needs an (H, W, 3) input with both sides fixed or both None, "
+            f"the model has {model.input.shape}"
+        )
     classes = model.output.shape[-1]
     if not isinstance(top_k, int) or not 1 <= top_k <= classes:
         raise ValueError(f"top_k must be an int in [1, {classes}], received: {top_k!r}")
@@ -119,14 +122,32 @@ def write_saved_model(
     crop_mode: str | None = None,
     interpolation: str | None = None,
     precision: str = "f32",
+    image_size: int | None = None,
 ) -> str:
     """`keras_coatnet.export(..., format="tf_saved_model")`: write `path/<version>/`.
 
-    `precision="bf16"` exports `serving.precision.bfloat16_twin(model)`.
+    `precision="bf16"` exports `serving.precision.bfloat16_twin(model)`. A
+    size-free model (`input_shape=(None, None, 3)`) gets a `serving_default`
+    of `[batch, None, None, 3]` (any multiple of 32 per request) and a
+    `serving_bytes` that prepares every image at `image_size` (default: the
+    size its tables are stored for, `preprocessing.native_size`).
     """
     import tensorflow as tf
 
+    from keras_coatnet.config import SIZE_STEP, check_image_size
+    from keras_coatnet.preprocessing import native_size
+
     height, width, activation = check_model(model, outputs, top_k)
+    size_free = height is None
+    if image_size is not None and not size_free:
+        raise ValueError(
+            f"image_size={image_size!r} is for size-free models; this one takes "
+            f"{height}x{width} images"
+        )
+    bytes_size = (height, width)
+    if size_free:
+        side = check_image_size(image_size or native_size(model), "image_size")
+        bytes_size = (side, side)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, received: {precision!r}")
     changes = dict(crop_pct=crop_pct, crop_mode=crop_mode, interpolation=interpolation)
@@ -146,11 +167,21 @@ def write_saved_model(
     softmax = outputs == "probabilities" and activation in ("linear", None)
 
     def predict(images):
-        expected = f"images must be float32 [batch, {height}, {width}, 3] pixels in 0..255"
-        checks = [
-            tf.debugging.assert_equal(
+        if size_free:
+            expected = (
+                "images must be float32 [batch, H, W, 3] pixels in 0..255, H and W "
+                f"multiples of {SIZE_STEP} (at least {SIZE_STEP})"
+            )
+            sides = tf.shape(images)[1:3]
+            size_ok = tf.reduce_all((sides % SIZE_STEP == 0) & (sides >= SIZE_STEP))
+            shape_check = tf.debugging.assert_equal(size_ok, True, message=expected)
+        else:
+            expected = f"images must be float32 [batch, {height}, {width}, 3] pixels in 0..255"
+            shape_check = tf.debugging.assert_equal(
                 tf.shape(images)[1:], tf.constant([height, width, 3]), message=expected
-            ),
+            )
+        checks = [
+            shape_check,
             tf.debugging.assert_greater(
                 tf.shape(images)[0], 0, message=f"{expected}, with at least one image"
             ),
@@ -188,13 +219,13 @@ def write_saved_model(
         # client sees (ours or the decoder's) depends on thread scheduling.
         with tf.control_dependencies([not_empty, whole_jpeg]):
             image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
-        return eval_transform(image, (height, width), settings)
+        return eval_transform(image, bytes_size, settings)
 
     def predict_bytes(image_bytes):
         images = tf.map_fn(
             decode_one,
             image_bytes,
-            fn_output_signature=tf.TensorSpec((height, width, 3), tf.float32),
+            fn_output_signature=tf.TensorSpec((*bytes_size, 3), tf.float32),
         )
         return predict(images)
 
@@ -223,7 +254,7 @@ def write_saved_model(
         partial = os.path.join(path, f".{version}.partial-{uuid.uuid4().hex[:8]}")
         try:
             archive.write_out(partial, verbose=False)
-            write_warmup_requests(partial, height, width)
+            write_warmup_requests(partial, *bytes_size)
             os.rename(partial, target)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
