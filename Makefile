@@ -34,9 +34,9 @@ test: lint
 	$(PYTEST)
 	KERAS_BACKEND=jax $(PYTEST) tests/test_layers.py tests/test_bias_cache.py \
 		tests/test_fast_paths.py tests/test_model.py -k "not parameter_count and not macs and not 384 and not 224"
-	KERAS_BACKEND=jax $(PY) -m pytest -q tests/test_timm.py \
-		-k "converted_model_matches_timm and (coatnet_0_rw_224 or coatnet_rmlp_1_rw_224)"
-	KERAS_BACKEND=jax $(PY) -m pytest -q tests/test_size_free.py -k "coatnet_0_rw_224 and 256x320"
+	KERAS_BACKEND=jax $(PY) -m pytest -q tests/test_timm.py tests/test_size_free.py \
+		-k "converted_model_matches_timm and (coatnet_0_rw_224 or coatnet_rmlp_1_rw_224) \
+		or equals_fixed and coatnet_0_rw_224 and 256x320"
 	$(MAKE) --no-print-directory test-keras-floor
 
 # The oldest Keras pyproject.toml allows (keep the two equal; a test checks), on

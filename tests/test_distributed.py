@@ -217,6 +217,9 @@ def _survivor_outcome(proc, err) -> str:
     return f"heartbeat timeout, status {proc.returncode}"
 
 
+# Slow set (3.5 min on 2 busy cores): the model-parallel pair below kills
+# and resumes two processes in the default suite.
+@pytest.mark.slow
 def test_a_killed_process_stops_the_other_and_both_resume(
     tmp_path, digits_root, initial_weights, one_process_run
 ):

@@ -262,7 +262,11 @@ class BestModel(keras.callbacks.Callback):
         value = (logs or {}).get(self.monitor)
         if value is not None and float(value) > self.best:
             self.best = float(value)
-            save_for_serving(self.model, self.path)
+            self.save(epoch + 1)
+
+    def save(self, epoch: int) -> None:
+        """Save the model after `epoch` completed epochs (`self.best` is its value)."""
+        save_for_serving(self.model, self.path)
 
 
 class EpochSummary(keras.callbacks.Callback):

@@ -42,6 +42,7 @@ import numpy as np
 
 from keras_coatnet._keras_compat import seed_generators
 from keras_coatnet.training import files
+from keras_coatnet.training.callbacks import BestModel, save_for_serving
 
 BACKUP = "backup"
 BEST = "best"
@@ -146,7 +147,7 @@ def _assign(variables, values) -> None:
         variable.assign(value)
 
 
-class ShardedBest(keras.callbacks.Callback):
+class ShardedBest(BestModel):
     """`BestModel` for split weights: the best epoch's weights as an Orbax checkpoint.
 
     `write_files` turns the checkpoint into `best.keras` at the end of the run.
@@ -157,20 +158,12 @@ class ShardedBest(keras.callbacks.Callback):
     """
 
     def __init__(self, directory: str, monitor: str = "val_accuracy"):
-        super().__init__()
+        super().__init__(directory, monitor)
         self.checkpoints = _Checkpoints(directory)
-        self.monitor = monitor
-        self.best = -math.inf
 
-    def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is not None and float(value) > self.best:
-            self.best = float(value)
-            self.checkpoints.save(
-                epoch + 1,
-                {"weights": _values(self.model.weights)},
-                {"epoch": epoch + 1, "best": self.best},
-            )
+    def save(self, epoch: int) -> None:
+        weights = {"weights": _values(self.model.weights)}
+        self.checkpoints.save(epoch, weights, {"epoch": epoch, "best": self.best})
 
     def best_weights(self, model) -> list | None:
         """The best epoch's weights, laid out as `model`'s (every process); `None` if none."""
@@ -277,8 +270,6 @@ def write_files(model, best: ShardedBest, out: str, chief: bool, build_unsharded
     Every process gathers (collectives); only the chief builds and writes.
     """
     from jax.experimental import multihost_utils
-
-    from keras_coatnet.training.callbacks import save_for_serving
 
     final = gather(_values(model.weights))
     best_weights = best.best_weights(model)
