@@ -252,15 +252,8 @@ class RelativeAttention(keras.layers.Layer):
         batch = ops.shape(inputs)[0]
         height, width = inputs.shape[1], inputs.shape[2]
         if not self.size_free:
-            if (
-                height is not None
-                and width is not None
-                and (height, width)
-                != (
-                    self.height,
-                    self.width,
-                )
-            ):
+            known = height is not None and width is not None
+            if known and (height, width) != (self.height, self.width):
                 raise ValueError(
                     f"Layer {self.name!r} was built for a {self.height}x{self.width} map, "
                     f"received {height}x{width}"
@@ -292,9 +285,7 @@ class RelativeAttention(keras.layers.Layer):
             return self._inference_bias()
         return self.relative_bias()
 
-    def _attend(self, q, k, v, training, height=None, width=None):
-        height = self.height if height is None else height
-        width = self.width if width is None else width
+    def _attend(self, q, k, v, training, height, width):
         dim = self.head_size
         q = q * ops.cast(1.0 / math.sqrt(dim), q.dtype)
         # (B, heads, N, N), in float32 for the softmax
